@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ldm-tiler",
+    version="0.1.0",
+    description="Latent Diffusion Model tasks (super-resolution, inpainting, synthesis) on rasters of any size",
+    packages=find_packages(include=["tiler", "tiler.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1,<3",
+        "numpy>=1.24",
+        "rasterio>=1.3",
+        "zarr>=3.0",
+        "click>=8.1",
+        "pydantic>=2.5",
+        "tqdm>=4.60",
+        "affine>=2.4",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["tiler=tiler.cli:main"]},
+)

@@ -1,0 +1,17 @@
+"""The ``tiler`` command: thin Click commands over the library."""
+
+import click
+
+from .. import __version__
+from .plan import plan_command
+from .upscale import upscale_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tiler")
+def main():
+    """Run Latent Diffusion Model tasks on rasters of any size, seamlessly."""
+
+
+main.add_command(upscale_command)
+main.add_command(plan_command)

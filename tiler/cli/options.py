@@ -1,0 +1,90 @@
+"""Options shared by the commands, and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from ..errors import TilerError
+
+
+def parse_creation_options(ctx, param, values) -> dict[str, str]:
+    options = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not of the form NAME=VALUE, e.g. COMPRESS=ZSTD")
+        options[key.strip().upper()] = value.strip()
+    return options
+
+
+def upscale_arguments(command):
+    """INPUT [OUTPUT] and the options that shape the plan (shared by upscale and plan)."""
+    decorators = [
+        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)),
+        click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
+        click.option("--model", default="bicubic", show_default=True,
+                     help="Model: nearest, bicubic or lanczos."),
+        click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor."),
+        click.option("-b", "--bidx", "bands", metavar="LIST",
+                     help="Bands to process, 1-based, comma-separated (e.g. 3,2,1). Default: all."),
+        click.option("--format", "output_format", type=click.Choice(["GTiff", "COG", "Zarr"]),
+                     help="Output format. Default: from OUTPUT's extension (.tif, .zarr)."),
+        click.option("--co", "creation_options", multiple=True, metavar="NAME=VALUE",
+                     callback=parse_creation_options,
+                     help="Driver creation option (repeatable), e.g. --co COMPRESS=ZSTD."),
+        click.option("--tile", type=int, help="Tile size in latent px [model default]."),
+        click.option("--overlap", type=int, help="Tile overlap in latent px [model default]."),
+        click.option("--region", type=int, help="Region (unit of work) size in latent px [model default]."),
+        click.option("--halo", type=int, help="Extra latent px around each region [model default]."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def plan_kwargs(params: dict) -> dict:
+    keys = ("model", "scale", "bands", "output_format", "tile", "overlap", "region", "halo")
+    kwargs = {key: params[key] for key in keys}
+    kwargs["creation_overrides"] = params["creation_options"]
+    return kwargs
+
+
+def verbosity(command):
+    command = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")(command)
+    return click.option("-v", "--verbose", is_flag=True, help="Log details; tracebacks on errors.")(command)
+
+
+def reports_errors(command):
+    """Turn library errors into one line on stderr and the exit code they carry."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        if verbose:
+            logging.basicConfig(level=logging.INFO, format="tiler: %(message)s", stream=sys.stderr)
+        try:
+            return command(*args, **kwargs)
+        except TilerError as exc:
+            _fail(str(exc), exc.exit_code, verbose)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", 1, verbose)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", 130, verbose)
+        except Exception as exc:  # a bug: say so on one line; -v shows the traceback
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
+
+    return wrapper
+
+
+def _fail(message: str, code: int, verbose: bool):
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"tiler: error: {message}", err=True)
+    sys.exit(code)

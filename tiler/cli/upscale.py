@@ -1,0 +1,33 @@
+import click
+
+from .options import plan_kwargs, reports_errors, upscale_arguments, verbosity
+from .plan import print_plan
+
+
+@click.command("upscale")
+@upscale_arguments
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler].")
+@click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or a workdir of another plan.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker threads [all cores].")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit (same as `tiler plan`).")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@verbosity
+@reports_errors
+def upscale_command(workdir, keep_workdir, overwrite, workers, dry_run, as_json, verbose, quiet, **params):
+    """Upscale INPUT into OUTPUT [INPUT-STEM_x4.tif]; re-running resumes."""
+    from ..upscale import plan_upscale, run_upscale
+
+    plan = plan_upscale(params["input_path"], params["output_path"], **plan_kwargs(params))
+    if dry_run:
+        print_plan(plan, as_json)
+        return
+    report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
+                         workers=workers, progress=not quiet)
+    if not quiet:
+        out = plan.output
+        stages = ", ".join(f"{s.name} {s.computed}/{s.total}" for s in report.stages[:-1])
+        click.echo(f"tiler: wrote {report.output} ({out.width} x {out.height} x {out.count} "
+                   f"{out.dtype}) in {report.seconds:.1f} s; computed {stages}"
+                   f"{' (resumed)' if report.resumed else ''}", err=True)

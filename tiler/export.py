@@ -1,0 +1,168 @@
+"""Export: the workdir's ``output`` array -> the final GeoTIFF, COG or Zarr, by one writer.
+
+The file is written as ``OUTPUT.partial`` beside OUTPUT and renamed when complete, so a file under
+the final name is always whole. GeoTIFFs are written block by block (bounded memory); a COG is made
+by copying that tiled GeoTIFF with GDAL's COG driver, which streams, rather than by writing through
+the COG driver, which would buffer the whole raster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadParameter, OutputError
+from .plan import OutputFormat, Plan
+from .store import Workdir
+
+EXTENSIONS = {".tif": "GTiff", ".tiff": "GTiff", ".zarr": "Zarr"}
+
+
+def format_for(path: Path, requested: str | None) -> OutputFormat:
+    """The output format: ``--format`` if given, else from the extension."""
+    if requested:
+        return requested
+    fmt = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise BadParameter("OUTPUT", f"{path}: cannot tell the format from extension "
+                           f"{path.suffix or '(none)'!r}; use .tif, .tiff or .zarr, or pass "
+                           "--format GTiff|COG|Zarr")
+    return fmt
+
+
+def creation_options(plan_dtype: str, fmt: str, overrides: dict[str, str]) -> dict[str, str]:
+    """Tiled, compressed, BigTIFF when needed; ``--co`` overrides win."""
+    floating = np.issubdtype(np.dtype(plan_dtype), np.floating)
+    if fmt == "GTiff":
+        options = {"TILED": "YES", "BLOCKXSIZE": "512", "BLOCKYSIZE": "512", "COMPRESS": "DEFLATE",
+                   "PREDICTOR": "3" if floating else "2", "BIGTIFF": "IF_SAFER",
+                   "NUM_THREADS": "ALL_CPUS"}
+    elif fmt == "COG":
+        options = {"BLOCKSIZE": "512", "COMPRESS": "DEFLATE", "PREDICTOR": "YES",
+                   "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS", "OVERVIEWS": "AUTO",
+                   "OVERVIEW_RESAMPLING": "AVERAGE"}
+    else:
+        options = {}
+    options.update({key.upper(): value for key, value in overrides.items()})
+    return options
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def export(workdir: Workdir, progress: bool, overwrite: bool) -> None:
+    plan = workdir.plan
+    final = Path(plan.output.path)
+    partial = partial_path(final)
+    _remove(partial)
+    try:
+        if plan.output.format == "Zarr":
+            _write_zarr(workdir, partial, progress)
+        elif plan.output.format == "GTiff":
+            _write_gtiff(workdir, partial, plan.output.creation_options, progress)
+        else:
+            staging = workdir.path / "export.tif"
+            _remove(staging)
+            _write_gtiff(workdir, staging, creation_options(plan.output.dtype, "GTiff", {}), progress)
+            _copy_to_cog(staging, partial, plan.output.creation_options)
+            staging.unlink()
+    except BaseException as exc:
+        _remove(partial)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, OutputError)):
+            raise
+        raise OutputError(f"{final}: writing the output failed: {_one_line(exc)}") from exc
+    if final.exists():
+        if not overwrite:
+            _remove(partial)
+            raise OutputError(f"{final}: appeared during the run; not replaced without --overwrite")
+        _remove(final)
+    os.replace(partial, final)
+
+
+def _chunk_boxes(array):
+    """Row-major (rows, cols) slices of ``array``'s chunks (last two axes)."""
+    height, width = array.shape[-2:]
+    ch, cw = array.chunks[-2:]
+    for y in range(0, height, ch):
+        for x in range(0, width, cw):
+            yield slice(y, min(y + ch, height)), slice(x, min(x + cw, width))
+
+
+def _progress(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False,
+                dynamic_ncols=True)
+
+
+def _write_gtiff(workdir: Workdir, path: Path, options: dict[str, str], progress: bool):
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    plan = workdir.plan
+    out = plan.output
+    source = workdir.array("output")
+    profile = dict(driver="GTiff", width=out.width, height=out.height, count=out.count,
+                   dtype=out.dtype, nodata=out.nodata, **options)
+    if out.transform is not None:
+        profile["transform"] = Affine(*out.transform)
+        if plan.input.crs_wkt:
+            profile["crs"] = CRS.from_wkt(plan.input.crs_wkt)
+    boxes = list(_chunk_boxes(source))
+    with rasterio.open(path, "w", **profile) as dst:
+        for index, band in enumerate(plan.bands, start=1):
+            description = plan.input.descriptions[band - 1]
+            if description:
+                dst.set_band_description(index, description)
+        with _progress(len(boxes), "export", progress) as bar:
+            for rows, cols in boxes:
+                window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+                dst.write(source[:, rows, cols], window=window)
+                bar.update(1)
+
+
+def _copy_to_cog(staging: Path, path: Path, options: dict[str, str]):
+    from rasterio.shutil import copy
+
+    copy(str(staging), str(path), driver="COG", **options)
+
+
+def _write_zarr(workdir: Workdir, path: Path, progress: bool):
+    import zarr
+
+    plan = workdir.plan
+    out = plan.output
+    source = workdir.array("output")
+    group = zarr.open_group(str(path), mode="w")
+    target = group.create_array("data", shape=source.shape, chunks=source.chunks, dtype=source.dtype,
+                                fill_value=plan.output_fill, dimension_names=("band", "y", "x"))
+    group.attrs.update({
+        "crs_wkt": plan.input.crs_wkt,
+        "transform": list(out.transform) if out.transform else None,
+        "nodata": out.nodata,
+        "bands": list(plan.bands),
+        "source": plan.input.path,
+    })
+    boxes = list(_chunk_boxes(source))
+    with _progress(len(boxes), "export", progress) as bar:
+        for rows, cols in boxes:
+            target[:, rows, cols] = source[:, rows, cols]
+            bar.update(1)
+
+
+def _remove(path: Path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -1,0 +1,156 @@
+"""The plan: everything a run depends on, as JSON, with a fingerprint that decides whether a workdir
+can be resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .grid import TileGrid
+from .raster import RasterInfo, fill_value, output_transform
+
+PLAN_VERSION = 1
+OutputFormat = Literal["GTiff", "COG", "Zarr"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+
+class InputSpec(_Frozen):
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float]
+    georeferenced: bool
+    descriptions: tuple[str | None, ...]
+
+    @classmethod
+    def from_info(cls, info: RasterInfo) -> "InputSpec":
+        stat = os.stat(info.path)
+        return cls(path=os.path.abspath(info.path), size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                   **{k: getattr(info, k) for k in ("width", "height", "count", "dtype", "nodata",
+                                                    "crs_wkt", "transform", "georeferenced",
+                                                    "descriptions")})
+
+
+class GridSpec(_Frozen):
+    """Tile, overlap, region and halo sizes in latent px (for classical models: input px)."""
+
+    tile: int
+    overlap: int
+    region: int
+    halo: int
+
+
+class OutputSpec(_Frozen):
+    path: str
+    format: OutputFormat
+    creation_options: dict[str, str]
+    dtype: str
+    nodata: float | None
+    width: int
+    height: int
+    count: int
+    transform: tuple[float, float, float, float, float, float] | None
+
+
+class Plan(_Frozen):
+    version: int = PLAN_VERSION
+    task: Literal["upscale"] = "upscale"
+    model: str
+    scale: int
+    bands: tuple[int, ...]
+    context: int
+    input: InputSpec
+    grid: GridSpec
+    output: OutputSpec
+
+    def tile_grid(self) -> TileGrid:
+        return TileGrid(self.input.height, self.input.width, self.grid.tile, self.grid.overlap,
+                        self.grid.region, self.grid.halo)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of what the workdir's arrays depend on: input identity, model, grid, dtype.
+
+        The output's path, format and creation options only affect the export, so changing them
+        resumes the run and exports again."""
+        work = self.model_dump(mode="json", exclude={"output": {"path", "format", "creation_options"}})
+        return hashlib.sha256(_canonical_json(work).encode()).hexdigest()[:16]
+
+    @property
+    def output_fill(self) -> float:
+        return fill_value(self.output.dtype, self.output.nodata)
+
+    def summary(self) -> dict:
+        grid = self.tile_grid()
+        ny, nx = grid.region_shape
+        out = self.output
+        return {
+            "input": self.input.path,
+            "output": out.path,
+            "format": out.format,
+            "model": self.model,
+            "scale": self.scale,
+            "bands": list(self.bands),
+            "input_size": [self.input.width, self.input.height],
+            "output_size": [out.width, out.height],
+            "dtype": out.dtype,
+            "tile": self.grid.tile,
+            "overlap": self.grid.overlap,
+            "region": self.grid.region,
+            "halo": self.grid.halo,
+            "tiles": grid.tile_count,
+            "regions": ny * nx,
+            "region_grid": [nx, ny],
+            "overhead_factor": round(grid.overhead_factor(), 4),
+            "workdir_bytes_max": self.workdir_bytes(),
+            "fingerprint": self.fingerprint,
+        }
+
+    def workdir_bytes(self) -> int:
+        """Upper bound of the workdir's size (uncompressed arrays; compression usually shrinks it)."""
+        out = self.output
+        size = out.count * out.width * out.height * np.dtype(out.dtype).itemsize
+        if self.grid.halo > 0:
+            ny, nx = self.tile_grid().region_shape
+            side = (self.grid.region + 2 * self.grid.halo) * self.scale
+            size += ny * nx * out.count * side * side * 4
+        return size
+
+
+def _canonical_json(data) -> str:
+    import json
+
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands: tuple[int, ...],
+               output: Path, output_format: OutputFormat, creation_options: dict[str, str],
+               tile: int, overlap: int, region: int, halo: int) -> Plan:
+    transform = (tuple(output_transform(info.affine, scale))[:6] if info.georeferenced else None)
+    return Plan(
+        model=model, scale=scale, bands=bands, context=context,
+        input=InputSpec.from_info(info),
+        grid=GridSpec(tile=tile, overlap=overlap, region=region, halo=halo),
+        output=OutputSpec(path=str(output.absolute()), format=output_format,
+                          creation_options=creation_options, dtype=info.dtype, nodata=info.nodata,
+                          width=info.width * scale, height=info.height * scale, count=len(bands),
+                          transform=transform),
+    )
+
+
+def plan_from_json(text: str) -> Plan:
+    return Plan.model_validate_json(text)

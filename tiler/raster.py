@@ -1,0 +1,194 @@
+"""Raster I/O: open and describe inputs, read boxes with reflection past the edges, georeference
+outputs, and convert blended values back to the raster's dtype."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+from .errors import BadParameter, InputError
+from .grid import Box
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a run needs to know about its input raster."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    georeferenced: bool
+    descriptions: tuple[str | None, ...]
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform)
+
+
+def describe(path: str | os.PathLike) -> RasterInfo:
+    """Open ``path`` and describe it, or raise InputError naming the file and the problem."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise InputError(f"{path}: file is empty (0 bytes); expected a raster")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                info = RasterInfo(
+                    path=path, width=ds.width, height=ds.height, count=ds.count,
+                    dtype=ds.dtypes[0] if ds.count else "", nodata=ds.nodata,
+                    crs_wkt=ds.crs.to_wkt() if ds.crs else None,
+                    transform=tuple(ds.transform)[:6],
+                    georeferenced=ds.crs is not None or ds.transform != Affine.identity(),
+                    descriptions=tuple(ds.descriptions),
+                )
+                dtypes = set(ds.dtypes)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
+    if info.width == 0 or info.height == 0 or info.count == 0:
+        raise InputError(f"{path}: raster has size {info.width} x {info.height} with {info.count} bands; "
+                         "expected at least 1 x 1 px and 1 band")
+    if len(dtypes) > 1:
+        raise InputError(f"{path}: bands have mixed dtypes {sorted(dtypes)}; expected one dtype")
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"{path}: dtype {info.dtype} is not supported; expected one of "
+                         f"{', '.join(SUPPORTED_DTYPES)}")
+    return info
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def parse_bands(text: str | None, info: RasterInfo) -> tuple[int, ...]:
+    """Parse ``-b/--bidx`` ('3,2,1', 1-based); default: all bands."""
+    if text is None or text == "":
+        return tuple(range(1, info.count + 1))
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadParameter("-b/--bidx", f"{text!r} is not a comma-separated list of band numbers, "
+                           "e.g. 3,2,1") from None
+    for band in bands:
+        if not 1 <= band <= info.count:
+            raise BadParameter("-b/--bidx", f"band {band} is out of range; {info.path} has "
+                               f"{info.count} band(s), numbered 1..{info.count}")
+    return bands
+
+
+def reflect_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices in [0, length) of positions start..stop-1, reflected at the edges like
+    ``numpy.pad(mode="reflect")`` (edge pixel not repeated; periodic for long runs)."""
+    positions = np.arange(start, stop)
+    if length == 1:
+        return np.zeros_like(positions)
+    period = 2 * (length - 1)
+    folded = np.mod(positions, period)
+    return np.where(folded >= length, period - folded, folded)
+
+
+class SourceReader:
+    """Reads boxes of chosen bands from one raster; one GDAL handle per thread (handles are not
+    thread-safe), closed with the reader."""
+
+    def __init__(self, info: RasterInfo, bands: tuple[int, ...]):
+        self.info = info
+        self.bands = list(bands)
+        self._local = threading.local()
+        self._handles = []
+        self._lock = threading.Lock()
+
+    def _dataset(self):
+        ds = getattr(self._local, "dataset", None)
+        if ds is None:
+            import rasterio
+            ds = rasterio.open(self.info.path)
+            self._local.dataset = ds
+            with self._lock:
+                self._handles.append(ds)
+        return ds
+
+    def read(self, box: Box) -> np.ndarray:
+        """Pixels of ``box`` (bands, h, w) in the raster's dtype; outside the raster by reflection."""
+        from rasterio.windows import Window
+
+        rows = reflect_indices(box.y.start, box.y.stop, self.info.height)
+        cols = reflect_indices(box.x.start, box.x.stop, self.info.width)
+        r0, r1 = int(rows.min()), int(rows.max()) + 1
+        c0, c1 = int(cols.min()), int(cols.max()) + 1
+        block = self._dataset().read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+        if _is_contiguous(rows, r0) and _is_contiguous(cols, c0):
+            return block
+        return block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
+
+    def close(self):
+        with self._lock:
+            for ds in self._handles:
+                ds.close()
+            self._handles.clear()
+
+
+def _is_contiguous(indices: np.ndarray, first: int) -> bool:
+    return indices[0] == first and bool(np.all(np.diff(indices) == 1))
+
+
+def valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
+    """True where a pixel holds data: not equal to nodata, and not NaN for float rasters."""
+    valid = np.ones(pixels.shape, dtype=bool)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= pixels != pixels.dtype.type(nodata)
+    if np.issubdtype(pixels.dtype, np.floating):
+        valid &= ~np.isnan(pixels)
+    return valid
+
+
+def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Blended float values to ``dtype``: integers rounded to nearest and clipped to the range."""
+    target = np.dtype(dtype)
+    if np.issubdtype(target, np.integer):
+        limits = np.iinfo(target)
+        return np.clip(np.rint(values), limits.min, limits.max).astype(target)
+    if target == np.float32:
+        limits = np.finfo(np.float32)
+        return np.clip(values, limits.min, limits.max).astype(target)
+    return values.astype(target)
+
+
+def fill_value(dtype: str, nodata: float | None) -> float:
+    """What pixels without data hold in the output: nodata, else NaN for floats, else 0."""
+    if nodata is not None:
+        return nodata
+    return float("nan") if np.issubdtype(np.dtype(dtype), np.floating) else 0
+
+
+def output_transform(transform: Affine, scale: int) -> Affine:
+    """Output pixel grid of a ``scale``-times upscale: exact for rotated grids too."""
+    return transform * Affine.scale(1 / scale)
+
+
+def check_output_folder(path: Path) -> None:
+    from .errors import OutputError
+
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: output folder {folder} is not writable")

@@ -1,0 +1,148 @@
+"""The workdir: a Zarr group holding a run's plan, its intermediate arrays and its completion state.
+
+Every chunk has exactly one writer: a region writes its own chunk of ``regions`` (or, without halo,
+its own chunk of ``output``), an assembly unit writes its own chunk of ``output``. Zarr's local
+store writes each chunk atomically (temp file + rename), and a unit marks itself done in a
+``done/<stage>`` array (one chunk per unit) only after its data is written, so a crash loses at
+most the units in flight.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WorkdirError
+from .plan import Plan, plan_from_json
+
+MARKER = "tiler_workdir"
+STAGES = ("process", "assemble")
+
+
+class Workdir:
+    def __init__(self, path: Path, group, plan: Plan):
+        self.path = path
+        self.group = group
+        self.plan = plan
+
+    # --- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open_or_create(cls, path: Path, plan: Plan, overwrite: bool = False) -> tuple["Workdir", bool]:
+        """Resume the workdir at ``path`` if it holds ``plan``; create it if absent.
+
+        Returns (workdir, resumed). A workdir with another plan, or a corrupt one, is replaced only
+        with ``overwrite``; a folder that is not a tiler workdir is never deleted."""
+        path = Path(path)
+        if path.exists() and not _is_empty_dir(path):
+            held = cls._read_plan(path)
+            if held is not None and held.fingerprint == plan.fingerprint:
+                return cls._open(path, plan), True
+            if not overwrite:
+                if held is None:
+                    raise WorkdirError(f"{path}: workdir is corrupt (no readable plan); "
+                                       "pass --overwrite to start again")
+                raise WorkdirError(f"{path}: workdir holds a different plan (fingerprint "
+                                   f"{held.fingerprint}, this run {plan.fingerprint}); pass "
+                                   "--overwrite to discard it or choose another --workdir")
+            remove_workdir(path)
+        return cls._create(path, plan), False
+
+    @staticmethod
+    def _read_plan(path: Path) -> Plan | None:
+        """The plan a workdir holds; None if it is a tiler workdir that cannot be read.
+
+        Raises WorkdirError for a folder that is not a tiler workdir."""
+        import zarr
+
+        if not is_workdir(path):
+            raise WorkdirError(f"{path}: exists and is not a tiler workdir; remove it or choose "
+                               "another --workdir")
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            return plan_from_json(group.attrs["plan"])
+        except Exception:
+            return None
+
+    @classmethod
+    def _open(cls, path: Path, plan: Plan) -> "Workdir":
+        import zarr
+
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+            workdir = cls(path, group, plan)
+            workdir._check_arrays()
+        except (KeyError, ValueError, OSError) as exc:
+            raise WorkdirError(f"{path}: workdir is corrupt ({exc}); pass --overwrite to start "
+                               "again") from None
+        return workdir
+
+    @classmethod
+    def _create(cls, path: Path, plan: Plan) -> "Workdir":
+        import zarr
+
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MARKER).write_text(plan.fingerprint + "\n")
+        group = zarr.open_group(str(path), mode="a")
+        workdir = cls(path, group, plan)
+        workdir._create_arrays()
+        group.attrs["plan"] = plan.model_dump_json()
+        return workdir
+
+    # --- arrays --------------------------------------------------------------------------------
+    def _array_specs(self) -> dict[str, dict]:
+        plan, grid = self.plan, self.plan.tile_grid()
+        out, scale = plan.output, plan.scale
+        ny, nx = grid.region_shape
+        chunk = plan.grid.region * scale
+        specs = {
+            "output": dict(shape=(out.count, out.height, out.width),
+                           chunks=(out.count, min(chunk, out.height), min(chunk, out.width)),
+                           dtype=out.dtype, fill_value=plan.output_fill),
+            "done/process": dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0),
+        }
+        if plan.grid.halo > 0:
+            side = (plan.grid.region + 2 * plan.grid.halo) * scale
+            specs["regions"] = dict(shape=(ny, nx, out.count, side, side),
+                                    chunks=(1, 1, out.count, side, side), dtype="float32",
+                                    fill_value=float("nan"))
+            specs["done/assemble"] = dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
+        return specs
+
+    def _create_arrays(self):
+        for name, spec in self._array_specs().items():
+            self.group.create_array(name, **spec)
+
+    def _check_arrays(self):
+        for name, spec in self._array_specs().items():
+            array = self.group[name]
+            if tuple(array.shape) != spec["shape"] or tuple(array.chunks) != spec["chunks"]:
+                raise ValueError(f"array {name} has shape {array.shape}, expected {spec['shape']}")
+
+    def array(self, name: str):
+        return self.group[name]
+
+    # --- completion state ----------------------------------------------------------------------
+    def pending(self, stage: str) -> list[tuple[int, int]]:
+        done = self.group[f"done/{stage}"][:]
+        return [tuple(int(i) for i in index) for index in np.argwhere(done == 0)]
+
+    def mark_done(self, stage: str, index: tuple[int, int]):
+        iy, ix = index
+        self.group[f"done/{stage}"][iy:iy + 1, ix:ix + 1] = 1
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def is_workdir(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def remove_workdir(path: Path):
+    """Delete a tiler workdir (and only a tiler workdir)."""
+    if not is_workdir(path):
+        raise WorkdirError(f"{path}: refusing to delete a folder that is not a tiler workdir")
+    shutil.rmtree(path)

@@ -1,0 +1,1 @@
+"""Tasks: what turns a region of the input into a region of the output."""
