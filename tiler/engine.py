@@ -13,7 +13,7 @@ import numpy as np
 
 from .blend import Blender
 from .grid import Box
-from .raster import to_dtype
+from .raster import to_pixels
 from .store import Workdir
 from .weights import region_profile
 
@@ -25,7 +25,7 @@ def write_region(workdir: Workdir, region, values: np.ndarray, valid: np.ndarray
     iy, ix = region.index
     if plan.grid.halo == 0:
         core = region.core.scale(scale)
-        pixels = np.where(valid, to_dtype(values, plan.output.dtype), plan.output_fill)
+        pixels = to_pixels(values, valid, plan.output.dtype, plan.output_fill)
         workdir.array("output")[:, core.y.start:core.y.stop, core.x.start:core.x.stop] = pixels
     else:
         regions = workdir.array("regions")
@@ -53,6 +53,6 @@ def assemble_chunk(workdir: Workdir, index: tuple[int, int]):
                 region_profile(extent.x.start, extent.x.stop, plan.output.width, halo * scale))
             blender.add(extent, values, ~np.isnan(values), weights)
     values, valid = blender.result(target)
-    pixels = np.where(valid, to_dtype(np.nan_to_num(values), plan.output.dtype), plan.output_fill)
+    pixels = to_pixels(values, valid, plan.output.dtype, plan.output_fill)
     workdir.array("output")[:, target.y.start:target.y.stop, target.x.start:target.x.stop] = pixels
     workdir.mark_done("assemble", index)

@@ -172,6 +172,11 @@ def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     return values.astype(target)
 
 
+def to_pixels(values: np.ndarray, valid: np.ndarray, dtype: str, fill: float) -> np.ndarray:
+    """Blended values to output pixels: valid ones converted to ``dtype``, the others ``fill``."""
+    return np.where(valid, to_dtype(np.where(valid, values, 0), dtype), fill)
+
+
 def fill_value(dtype: str, nodata: float | None) -> float:
     """What pixels without data hold in the output: nodata, else NaN for floats, else 0."""
     if nodata is not None:
@@ -181,7 +186,7 @@ def fill_value(dtype: str, nodata: float | None) -> float:
 
 def output_transform(transform: Affine, scale: int) -> Affine:
     """Output pixel grid of a ``scale``-times upscale: exact for rotated grids too."""
-    return transform * Affine.scale(1 / scale)
+    return transform @ Affine.scale(1 / scale)
 
 
 def check_output_folder(path: Path) -> None:

@@ -1,0 +1,65 @@
+"""Shared test helpers: small real rasters on disk."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+# Two cores: one torch thread per process, or test processes compete (measured 15x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+NORTH_UP = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4600000.0)
+ROTATED = Affine(8.0, 3.0, 500000.0, 2.0, -7.5, 4600000.0)
+
+
+def raster_content(width: int, height: int, count: int, dtype: str, seed: int = 0) -> np.ndarray:
+    """Imagery-like content spanning most of the dtype's range: smooth structure plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    bands = []
+    for band in range(count):
+        smooth = np.sin(xx / (7 + band) + band) + np.cos(yy / (5 + 2 * band)) + np.sin((xx + yy) / 13)
+        bands.append(smooth / 3 + 0.3 * rng.standard_normal((height, width)))
+    unit = (np.clip(np.stack(bands), -1.5, 1.5) + 1.5) / 3.0  # 0..1
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        low, high = max(info.min, -30000), min(info.max, 60000)
+        return np.round(low + unit * (high - low)).astype(dtype)
+    return (unit * 1000.0 - 200.0).astype(dtype)
+
+
+def make_raster(path, width=40, height=30, count=3, dtype="uint8", nodata=None, crs="EPSG:32633",
+                transform=NORTH_UP, data=None, seed=0, **profile):
+    """Write a small GeoTIFF (crs=None and transform=None: no georeferencing) and return its path."""
+    if data is None:
+        data = raster_content(width, height, count, dtype, seed)
+    count, height, width = data.shape
+    options = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                   nodata=nodata)
+    if crs is not None:
+        options["crs"] = crs
+    if transform is not None:
+        options["transform"] = transform
+    options.update(profile)
+    with rasterio.open(path, "w", **options) as dst:
+        dst.write(data)
+    return path
+
+
+def read_raster(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.profile
+
+
+@pytest.fixture
+def raster(tmp_path):
+    """Factory: raster(name, **make_raster options) -> path in tmp_path."""
+
+    def factory(name="input.tif", **kwargs):
+        return make_raster(tmp_path / name, **kwargs)
+
+    return factory

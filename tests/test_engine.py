@@ -1,0 +1,196 @@
+"""The engine is exact: classical models through tiles, regions, halos and blending equal the same
+model applied to the whole raster at once."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import NORTH_UP, ROTATED, make_raster, raster_content, read_raster
+from tiler.upscale import plan_upscale, run_upscale
+
+
+def upscale(src, dst, **options):
+    run_options = {k: options.pop(k) for k in ("workers", "keep_workdir", "overwrite") if k in options}
+    plan = plan_upscale(src, dst, **options)
+    run_upscale(plan, **run_options)
+    return read_raster(dst)
+
+
+# --- whole-raster references, written independently of tiler's resampler -----------------------
+def keys_cubic(x, a=-0.5):
+    x = np.abs(x)
+    return np.where(x <= 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
+                    np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0.0))
+
+
+def lanczos3(x):
+    return np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+
+
+def resample_axis(image, axis, scale, kernel, support):
+    """1-D resampling of a reflect-padded axis by direct convolution (taps gathered per output px)."""
+    n = image.shape[axis]
+    padded = np.pad(image, [(support, support) if a == axis else (0, 0) for a in range(image.ndim)],
+                    mode="reflect")
+    centres = (np.arange(n * scale) + 0.5) / scale - 0.5
+    first = np.floor(centres).astype(int) - support + 1
+    taps = first[:, None] + np.arange(2 * support)[None, :]
+    weights = kernel(centres[:, None] - taps)
+    weights /= weights.sum(axis=1, keepdims=True)
+    gathered = np.take(padded, taps + support, axis=axis)  # (..., n*scale, 2*support, ...)
+    shape = [1] * gathered.ndim
+    shape[axis], shape[axis + 1] = weights.shape
+    return (gathered * weights.reshape(shape)).sum(axis=axis + 1)
+
+
+def whole_raster(data, scale, model):
+    if model == "nearest":
+        return np.repeat(np.repeat(data, scale, axis=1), scale, axis=2)
+    kernel, support = {"bicubic": (keys_cubic, 2), "lanczos": (lanczos3, 3)}[model]
+    image = data.astype(np.float64)
+    return resample_axis(resample_axis(image, 1, scale, kernel, support), 2, scale, kernel, support)
+
+
+# --- exactness over many geometries --------------------------------------------------------------
+GEOMETRIES = [
+    dict(tile=16, overlap=0, region=16, halo=0),
+    dict(tile=16, overlap=4, region=32, halo=0),
+    dict(tile=16, overlap=8, region=24, halo=0),
+    dict(tile=13, overlap=5, region=7, halo=0),
+    dict(tile=16, overlap=6, region=20, halo=3),
+    dict(tile=8, overlap=2, region=9, halo=8),
+    dict(tile=64, overlap=0, region=64, halo=0),  # raster smaller than one tile
+]
+SHAPES = [(37, 53), (32, 48), (5, 3), (1, 1)]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "t{tile}o{overlap}r{region}h{halo}".format(**g))
+@pytest.mark.parametrize("height,width", SHAPES)
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_nearest_is_bit_exact(tmp_path, geometry, height, width, dtype):
+    data = raster_content(width, height, 2, dtype)
+    src = make_raster(tmp_path / "in.tif", data=data)
+    out, _ = upscale(src, tmp_path / "out.tif", model="nearest", scale=3, **geometry)
+    np.testing.assert_array_equal(out, whole_raster(data, 3, "nearest"))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "t{tile}o{overlap}r{region}h{halo}".format(**g))
+@pytest.mark.parametrize("height,width", [(37, 53), (5, 3)])
+@pytest.mark.parametrize("model", ["bicubic", "lanczos"])
+def test_kernels_equal_the_whole_raster_result(tmp_path, geometry, height, width, model):
+    data = raster_content(width, height, 3, "float32")
+    src = make_raster(tmp_path / "in.tif", data=data)
+    out, _ = upscale(src, tmp_path / "out.tif", model=model, scale=4, **geometry)
+    expected = whole_raster(data, 4, model)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_integer_output_is_rounded_and_clipped_to_the_dtype(tmp_path):
+    data = np.zeros((1, 12, 12), dtype="uint8")
+    data[:, :, 6:] = 255  # a step edge rings past 0 and 255 under bicubic
+    src = make_raster(tmp_path / "in.tif", data=data)
+    out, profile = upscale(src, tmp_path / "out.tif", model="bicubic", scale=4, tile=5, overlap=2,
+                           region=6)
+    reference = whole_raster(data, 4, "bicubic")
+    assert reference.min() < 0 and reference.max() > 255
+    assert profile["dtype"] == "uint8"
+    assert np.abs(out.astype(int) - np.clip(np.rint(reference), 0, 255)).max() <= 1
+
+
+def test_result_does_not_depend_on_worker_count(tmp_path):
+    src = make_raster(tmp_path / "in.tif", width=70, height=45, dtype="uint16")
+    one, _ = upscale(src, tmp_path / "one.tif", model="bicubic", region=16, tile=16, overlap=4, workers=1)
+    two, _ = upscale(src, tmp_path / "two.tif", model="bicubic", region=16, tile=16, overlap=4, workers=2)
+    np.testing.assert_array_equal(one, two)
+
+
+# --- georeferencing, nodata, dtypes, bands -------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("count", [1, 3, 4])
+@pytest.mark.parametrize("transform", [NORTH_UP, ROTATED], ids=["north-up", "rotated"])
+def test_georeferencing_and_dtype_are_kept(tmp_path, dtype, count, transform):
+    src = make_raster(tmp_path / "in.tif", width=21, height=17, count=count, dtype=dtype,
+                      transform=transform, crs="EPSG:32633", nodata=7)
+    _, profile = upscale(src, tmp_path / "out.tif", model="bicubic", scale=4)
+    assert profile["crs"].to_epsg() == 32633
+    assert profile["transform"].almost_equals(transform @ transform.scale(0.25))
+    assert (profile["width"], profile["height"], profile["count"]) == (84, 68, count)
+    assert profile["dtype"] == dtype and profile["nodata"] == 7
+    with rasterio.open(tmp_path / "out.tif") as out, rasterio.open(src) as inp:
+        # the same ground point falls on the same pixel content
+        assert out.xy(0, 0, offset="ul") == inp.xy(0, 0, offset="ul")
+        assert out.xy(68, 84, offset="ul") == pytest.approx(inp.xy(17, 21, offset="ul"))
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint16", 0), ("float32", -9999.0), ("float32", float("nan"))])
+def test_nodata_stays_nodata_and_never_leaks(tmp_path, dtype, nodata):
+    data = (1000 + raster_content(30, 26, 2, "uint8").astype(dtype))  # values 1000..1255
+    data[:, 8:14, 5:12] = nodata
+    data[0, 20, 20] = nodata  # a single pixel in one band only
+    src = make_raster(tmp_path / "in.tif", data=data, nodata=nodata)
+    out, profile = upscale(src, tmp_path / "out.tif", model="bicubic", scale=4, tile=8, overlap=3, region=10)
+    missing = np.isnan(data) if np.isnan(nodata) else data == nodata
+    expected_missing = np.repeat(np.repeat(missing, 4, axis=1), 4, axis=2)
+    out_missing = np.isnan(out) if np.isnan(nodata) else out == nodata
+    np.testing.assert_array_equal(out_missing, expected_missing)
+    valid = out[~out_missing]
+    assert valid.min() > 900 and valid.max() < 1400  # no pull towards the nodata value
+    assert np.isnan(profile["nodata"]) if np.isnan(nodata) else profile["nodata"] == nodata
+
+
+def test_band_selection_orders_the_output(tmp_path):
+    data = raster_content(20, 10, 4, "uint8")
+    src = make_raster(tmp_path / "in.tif", data=data)
+    out, profile = upscale(src, tmp_path / "out.tif", model="nearest", bands="3,1")
+    assert profile["count"] == 2
+    np.testing.assert_array_equal(out, whole_raster(data[[2, 0]], 4, "nearest"))
+
+
+def test_scan_without_georeferencing_stays_without(tmp_path):
+    data = raster_content(24, 16, 3, "uint8")
+    src = tmp_path / "scan.png"
+    with rasterio.open(src, "w", driver="PNG", width=24, height=16, count=3, dtype="uint8") as dst:
+        dst.write(data)
+    out, profile = upscale(src, tmp_path / "scan_x4.tif", model="nearest")
+    assert profile["crs"] is None and profile["transform"].is_identity
+    np.testing.assert_array_equal(out, whole_raster(data, 4, "nearest"))
+
+
+def test_cog_output_is_a_cog_with_overviews(tmp_path):
+    src = make_raster(tmp_path / "in.tif", width=200, height=150, count=3, dtype="uint8")
+    out_path = tmp_path / "out.tif"
+    out, profile = upscale(src, out_path, model="nearest", output_format="COG")
+    with rasterio.open(out_path) as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert cog.overviews(1)
+        assert cog.crs.to_epsg() == 32633
+    np.testing.assert_array_equal(out, whole_raster(read_raster(src)[0], 4, "nearest"))
+
+
+def test_zarr_output_holds_the_pixels_and_georeferencing(tmp_path):
+    import zarr
+
+    src = make_raster(tmp_path / "in.tif", width=30, height=20, count=2, dtype="int16", nodata=-1)
+    run_upscale(plan_upscale(src, tmp_path / "out.zarr", model="nearest", scale=2))
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_array_equal(group["data"][:], whole_raster(read_raster(src)[0], 2, "nearest"))
+    assert group.attrs["transform"] == list(NORTH_UP @ NORTH_UP.scale(0.5))[:6]
+    assert group.attrs["nodata"] == -1 and "32633" in group.attrs["crs_wkt"]
+
+
+def test_creation_options_override_the_defaults(tmp_path):
+    src = make_raster(tmp_path / "in.tif")
+    upscale(src, tmp_path / "out.tif", model="nearest", creation_overrides={"compress": "ZSTD",
+                                                                           "BLOCKXSIZE": "256",
+                                                                           "BLOCKYSIZE": "256"})
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.profile["compress"] == "zstd" and out.block_shapes[0] == (256, 256)
+
+
+def test_workdir_is_removed_after_success_unless_kept(tmp_path):
+    src = make_raster(tmp_path / "in.tif")
+    upscale(src, tmp_path / "a.tif", model="nearest")
+    assert not (tmp_path / "a.tif.tiler").exists()
+    upscale(src, tmp_path / "b.tif", model="nearest", keep_workdir=True)
+    assert (tmp_path / "b.tif.tiler" / "zarr.json").is_file()
