@@ -165,7 +165,8 @@ def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     target = np.dtype(dtype)
     if np.issubdtype(target, np.integer):
         limits = np.iinfo(target)
-        return np.clip(np.rint(values), limits.min, limits.max).astype(target)
+        work = np.clip(values, limits.min, limits.max)
+        return np.rint(work, out=work).astype(target)
     if target == np.float32:
         limits = np.finfo(np.float32)
         return np.clip(values, limits.min, limits.max).astype(target)
@@ -174,7 +175,11 @@ def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
 
 def to_pixels(values: np.ndarray, valid: np.ndarray, dtype: str, fill: float) -> np.ndarray:
     """Blended values to output pixels: valid ones converted to ``dtype``, the others ``fill``."""
-    return np.where(valid, to_dtype(np.where(valid, values, 0), dtype), fill)
+    if valid.all():
+        return to_dtype(values, dtype)
+    pixels = to_dtype(np.where(valid, values, 0), dtype)
+    pixels[~valid] = fill
+    return pixels
 
 
 def fill_value(dtype: str, nodata: float | None) -> float:

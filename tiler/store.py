@@ -18,6 +18,8 @@ from .errors import WorkdirError
 from .plan import Plan, plan_from_json
 
 MARKER = "tiler_workdir"
+# Intermediate arrays are written once and read once: fast compression beats small files.
+FAST_ZSTD = {"name": "zstd", "configuration": {"level": 1}}
 STAGES = ("process", "assemble")
 
 
@@ -99,14 +101,14 @@ class Workdir:
         specs = {
             "output": dict(shape=(out.count, out.height, out.width),
                            chunks=(out.count, min(chunk, out.height), min(chunk, out.width)),
-                           dtype=out.dtype, fill_value=plan.output_fill),
+                           dtype=out.dtype, fill_value=plan.output_fill, compressors=FAST_ZSTD),
             "done/process": dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0),
         }
         if plan.grid.halo > 0:
             side = (plan.grid.region + 2 * plan.grid.halo) * scale
             specs["regions"] = dict(shape=(ny, nx, out.count, side, side),
                                     chunks=(1, 1, out.count, side, side), dtype="float32",
-                                    fill_value=float("nan"))
+                                    fill_value=float("nan"), compressors=FAST_ZSTD)
             specs["done/assemble"] = dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
         return specs
 
