@@ -15,6 +15,7 @@ setup(
         "pydantic>=2.5",
         "tqdm>=4.60",
         "affine>=2.4",
+        "threadpoolctl>=3.1",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["tiler=tiler.cli:main"]},

@@ -7,6 +7,7 @@ cancelled and the error is raised with the unit it came from.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ class StageReport:
 
 
 def run_stage(name: str, total: int, pending: Sequence[Hashable], work: Callable[[Hashable], None],
-              workers: int, progress: bool) -> StageReport:
-    """Run ``work(unit)`` for every pending unit; ``total`` counts done units too (for the bar)."""
+              workers: int, progress: bool, on_done: Callable[[Hashable], None] | None = None
+              ) -> StageReport:
+    """Run ``work(unit)`` for every pending unit, in order of submission; ``total`` counts done
+    units too (for the bar); ``on_done(unit)`` is called as each unit finishes."""
     from tqdm import tqdm
 
     report = StageReport(name, total)
@@ -48,6 +51,8 @@ def run_stage(name: str, total: int, pending: Sequence[Hashable], work: Callable
                         _raise_for(name, futures[future], future.exception())
                     report.computed += 1
                     bar.update(1)
+                    if on_done is not None:
+                        on_done(futures[future])
     report.seconds = time.perf_counter() - started
     return report
 
@@ -56,3 +61,52 @@ def _raise_for(stage: str, unit, exc: BaseException):
     if isinstance(exc, (TilerError, OSError)):
         raise exc
     raise RuntimeError(f"{stage} of unit {unit} failed: {exc!r}") from exc
+
+
+class Gate:
+    """Lets a consumer wait for units a producer finishes (export waits on computed chunks)."""
+
+    def __init__(self, ready=()):
+        self._ready = set(ready)
+        self._error: BaseException | None = None
+        self._condition = threading.Condition()
+
+    def open(self, unit: Hashable):
+        with self._condition:
+            self._ready.add(unit)
+            self._condition.notify_all()
+
+    def fail(self, error: BaseException):
+        with self._condition:
+            self._error = error
+            self._condition.notify_all()
+
+    def wait(self, unit: Hashable):
+        with self._condition:
+            self._condition.wait_for(lambda: unit in self._ready or self._error is not None)
+            if unit not in self._ready:
+                raise GateClosed(f"unit {unit} will not be computed: {self._error}")
+
+
+class GateClosed(Exception):
+    """The producer stopped; the consumer should stop too (the producer's error is the one to report)."""
+
+
+class Background:
+    """Runs ``function`` on a thread; ``result()`` joins it and re-raises what it raised."""
+
+    def __init__(self, function: Callable[[], object], name: str):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(function,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, function):
+        try:
+            function()
+        except BaseException as exc:  # handed to the joining thread
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error

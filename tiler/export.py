@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadParameter, OutputError
+from .execute import GateClosed
 from .plan import OutputFormat, Plan
 from .store import Workdir
 
@@ -54,25 +55,31 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def export(workdir: Workdir, progress: bool, overwrite: bool) -> None:
+def export(workdir: Workdir, progress: bool, overwrite: bool, wait_for=None) -> None:
+    """Write the final file; ``wait_for(chunk_index)``, if given, blocks until that chunk of
+    ``output`` is computed, so export can run while the compute stages still work."""
     plan = workdir.plan
+    wait_for = wait_for or (lambda index: None)
     final = Path(plan.output.path)
     partial = partial_path(final)
     _remove(partial)
     try:
         if plan.output.format == "Zarr":
-            _write_zarr(workdir, partial, progress)
+            _write_zarr(workdir, partial, progress, wait_for)
         elif plan.output.format == "GTiff":
-            _write_gtiff(workdir, partial, plan.output.creation_options, progress)
+            _write_gtiff(workdir, partial, plan.output.creation_options, progress, wait_for)
         else:
             staging = workdir.path / "export.tif"
             _remove(staging)
-            _write_gtiff(workdir, staging, creation_options(plan.output.dtype, "GTiff", {}), progress)
+            _write_gtiff(workdir, staging, creation_options(plan.output.dtype, "GTiff", {}), progress,
+                         wait_for)
             _copy_to_cog(staging, partial, plan.output.creation_options)
             staging.unlink()
+        if plan.output.format != "Zarr":
+            _check_written(workdir, partial, progress)
     except BaseException as exc:
         _remove(partial)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, OutputError)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, OutputError, GateClosed)):
             raise
         raise OutputError(f"{final}: writing the output failed: {_one_line(exc)}") from exc
     if final.exists():
@@ -84,22 +91,22 @@ def export(workdir: Workdir, progress: bool, overwrite: bool) -> None:
 
 
 def _chunk_boxes(array):
-    """Row-major (rows, cols) slices of ``array``'s chunks (last two axes)."""
+    """Row-major ((iy, ix), rows, cols) of ``array``'s chunks (last two axes)."""
     height, width = array.shape[-2:]
     ch, cw = array.chunks[-2:]
-    for y in range(0, height, ch):
-        for x in range(0, width, cw):
-            yield slice(y, min(y + ch, height)), slice(x, min(x + cw, width))
+    for iy, y in enumerate(range(0, height, ch)):
+        for ix, x in enumerate(range(0, width, cw)):
+            yield (iy, ix), slice(y, min(y + ch, height)), slice(x, min(x + cw, width))
 
 
 def _progress(total: int, desc: str, progress: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False,
-                dynamic_ncols=True)
+                dynamic_ncols=True, position=1)
 
 
-def _write_gtiff(workdir: Workdir, path: Path, options: dict[str, str], progress: bool):
+def _write_gtiff(workdir: Workdir, path: Path, options: dict[str, str], progress: bool, wait_for):
     import rasterio
     from affine import Affine
     from rasterio.crs import CRS
@@ -121,7 +128,8 @@ def _write_gtiff(workdir: Workdir, path: Path, options: dict[str, str], progress
             if description:
                 dst.set_band_description(index, description)
         with _progress(len(boxes), "export", progress) as bar:
-            for rows, cols in boxes:
+            for index, rows, cols in boxes:
+                wait_for(index)
                 window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
                 dst.write(source[:, rows, cols], window=window)
                 bar.update(1)
@@ -133,7 +141,34 @@ def _copy_to_cog(staging: Path, path: Path, options: dict[str, str]):
     copy(str(staging), str(path), driver="COG", **options)
 
 
-def _write_zarr(workdir: Workdir, path: Path, progress: bool):
+def _check_written(workdir: Workdir, path: Path, progress: bool):
+    """Read the TIFF at ``path`` back and compare it with the workdir's ``output``, chunk by chunk.
+
+    GDAL reports some write failures only while closing the file (a full disk when its compression
+    threads flush their blocks) and rasterio does not raise them: without this check a truncated
+    file would be renamed into place and the run would succeed."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    source = workdir.array("output")
+    boxes = list(_chunk_boxes(source))
+    try:
+        with rasterio.open(path) as ds, _progress(len(boxes), "verify", progress) as bar:
+            for _, rows, cols in boxes:
+                window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+                if not np.array_equal(ds.read(window=window), source[:, rows, cols], equal_nan=True):
+                    raise OSError(f"{path} differs from the computed output at rows "
+                                  f"{rows.start}..{rows.stop}, cols {cols.start}..{cols.stop} "
+                                  "after writing (disk full?)")
+                bar.update(1)
+    except RasterioIOError as exc:
+        while exc.__cause__ is not None:  # rasterio chains GDAL's own message as the cause
+            exc = exc.__cause__
+        raise OSError(f"{path} does not read back after writing (disk full?): {_one_line(exc)}") from None
+
+
+def _write_zarr(workdir: Workdir, path: Path, progress: bool, wait_for):
     import zarr
 
     plan = workdir.plan
@@ -151,7 +186,8 @@ def _write_zarr(workdir: Workdir, path: Path, progress: bool):
     })
     boxes = list(_chunk_boxes(source))
     with _progress(len(boxes), "export", progress) as bar:
-        for rows, cols in boxes:
+        for index, rows, cols in boxes:
+            wait_for(index)
             target[:, rows, cols] = source[:, rows, cols]
             bar.update(1)
 

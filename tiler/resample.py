@@ -1,7 +1,7 @@
 """Classical upscalers (nearest, bicubic, lanczos): the baseline to compare LDM results against and
 the instrument that proves the engine exact.
 
-Each is a separable resampler applied to one tile read with ``context`` extra input px on every
+Each is a separable resampler (two small matmuls per tile, numpy/BLAS) applied to one tile read with ``context`` extra input px on every
 side, so a tile's output equals the whole-raster result (reflect boundary) exactly: the engine's
 tiling and blending are then the only thing a test of these models measures. Pixels without data
 never contribute: values are resampled by normalised convolution (data * mask / mask) and output
@@ -51,8 +51,8 @@ KERNELS = {
 
 
 @lru_cache(maxsize=16)
-def resampling_matrix(kernel_name: str, size: int, scale: int):
-    """(size * scale, size + 2 * context) float32 torch matrix: output px from a context-padded input
+def resampling_matrix(kernel_name: str, size: int, scale: int) -> np.ndarray:
+    """(size * scale, size + 2 * context) float32 matrix: output px from a context-padded input
     row, for a kernel with a function (nearest is a plain repeat).
 
     Output px j has its centre at input coordinate (j + 0.5) / scale - 0.5 (pixel-is-area, as GDAL).
@@ -64,9 +64,9 @@ def resampling_matrix(kernel_name: str, size: int, scale: int):
     inputs = np.arange(size + 2 * context)
     matrix = kernel.function(centres[:, None] - inputs[None, :])
     matrix /= matrix.sum(axis=1, keepdims=True)
-    import torch
-
-    return torch.from_numpy(matrix.astype(np.float32))
+    matrix = matrix.astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
 
 
 class ClassicalUpscaler:
@@ -87,8 +87,6 @@ class ClassicalUpscaler:
 
     def upscale(self, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bands, h + 2c, w + 2c) pixels and validity -> (bands, h*s, w*s) float32 values and validity."""
-        import torch
-
         c, s = self.context, self.scale
         core_valid = valid[:, c:valid.shape[1] - c, c:valid.shape[2] - c]
         valid_out = np.repeat(np.repeat(core_valid, s, axis=1), s, axis=2)
@@ -98,12 +96,12 @@ class ClassicalUpscaler:
             return values, valid_out
         rows = resampling_matrix(self.kernel.name, pixels.shape[1] - 2 * c, s)
         cols = resampling_matrix(self.kernel.name, pixels.shape[2] - 2 * c, s)
-        data = torch.from_numpy(np.where(valid, pixels, 0).astype(np.float32))
+        data = np.where(valid, pixels, 0).astype(np.float32)
         values = rows @ data @ cols.T
         if not valid.all():
-            weight = rows @ torch.from_numpy(valid.astype(np.float32)) @ cols.T
-            values = values / torch.clamp(weight, min=1e-6)
-        return values.numpy(), valid_out
+            weight = rows @ valid.astype(np.float32) @ cols.T
+            values /= np.maximum(weight, 1e-6)
+        return values, valid_out
 
 
 def is_classical(name: str) -> bool:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from . import engine
 from .errors import BadParameter, OutputError
-from .execute import StageReport, run_stage
+from threadpoolctl import threadpool_limits
+
+from .execute import Background, Gate, StageReport, run_stage
 from .export import creation_options, export, format_for
 from .plan import Plan, build_plan
 from .raster import SourceReader, check_output_folder, describe, parse_bands
@@ -83,23 +85,37 @@ def default_workdir(plan: Plan) -> Path:
 def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = False,
                 keep_workdir: bool = False, workers: int | None = None,
                 progress: bool = False) -> RunReport:
-    """Run (or resume) ``plan``: process, assemble, export; then remove the workdir."""
+    """Run (or resume) ``plan``: process, assemble, export; then remove the workdir.
+
+    Export runs beside the compute stages and writes each output chunk as soon as it is final,
+    so the single writer's compression overlaps the computation."""
     started = time.perf_counter()
     output = Path(plan.output.path)
     check_output_folder(output)
     if output.exists() and not overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     workers = workers or os.cpu_count() or 1
-    _limit_torch_threads(workers)
     workdir_path = Path(workdir) if workdir else default_workdir(plan)
     store, resumed = Workdir.open_or_create(workdir_path, plan, overwrite=overwrite)
     log.info("workdir %s (%s)", workdir_path, "resumed" if resumed else "new")
     report = RunReport(output=str(output), resumed=resumed)
-    report.stages.append(_process(store, workers, progress))
-    if plan.grid.halo > 0:
-        report.stages.append(_assemble(store, workers, progress))
+    final_stage = "assemble" if plan.grid.halo > 0 else "process"
+    ny, nx = plan.tile_grid().region_shape
+    pending = set(store.pending(final_stage))
+    gate = Gate(ready=[(iy, ix) for iy in range(ny) for ix in range(nx) if (iy, ix) not in pending])
+    exporter = Background(lambda: export(store, progress, overwrite, wait_for=gate.wait), "tiler-export")
     export_started = time.perf_counter()
-    export(store, progress, overwrite)
+    try:
+        with threadpool_limits(limits=1):  # one BLAS thread per worker thread
+            report.stages.append(_process(store, workers, progress,
+                                          gate.open if final_stage == "process" else None))
+            if plan.grid.halo > 0:
+                report.stages.append(_assemble(store, workers, progress, gate.open))
+    except BaseException as exc:
+        gate.fail(exc)
+        _join_quietly(exporter)
+        raise
+    exporter.result()
     report.stages.append(StageReport("export", 1, 1, time.perf_counter() - export_started))
     if not keep_workdir:
         remove_workdir(workdir_path)
@@ -107,7 +123,15 @@ def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = Fa
     return report
 
 
-def _process(store: Workdir, workers: int, progress: bool) -> StageReport:
+def _join_quietly(exporter: Background):
+    """Wait for the exporter to stop after a compute failure; that failure is the one reported."""
+    try:
+        exporter.result()
+    except Exception:
+        pass
+
+
+def _process(store: Workdir, workers: int, progress: bool, on_done) -> StageReport:
     plan = store.plan
     grid = plan.tile_grid()
     reader = SourceReader(describe(plan.input.path), plan.bands)
@@ -121,20 +145,13 @@ def _process(store: Workdir, workers: int, progress: bool) -> StageReport:
     try:
         pending = store.pending("process")
         ny, nx = grid.region_shape
-        return run_stage("process", ny * nx, pending, work, workers, progress)
+        return run_stage("process", ny * nx, pending, work, workers, progress, on_done)
     finally:
         reader.close()
 
 
-def _assemble(store: Workdir, workers: int, progress: bool) -> StageReport:
+def _assemble(store: Workdir, workers: int, progress: bool, on_done) -> StageReport:
     ny, nx = store.plan.tile_grid().region_shape
     pending = store.pending("assemble")
     return run_stage("assemble", ny * nx, pending, lambda index: engine.assemble_chunk(store, index),
-                     workers, progress)
-
-
-def _limit_torch_threads(workers: int):
-    """Each worker thread runs its own torch kernels: one intra-op thread each, or they compete."""
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+                     workers, progress, on_done)
