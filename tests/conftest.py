@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,3 +66,22 @@ def raster(tmp_path):
         return make_raster(tmp_path / name, **kwargs)
 
     return factory
+
+
+# --- the real CLI in a subprocess -----------------------------------------------------------------
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+PROGRESS_BAR = re.compile(r"^\w+:\s+\d+%\|")  # tqdm redraws these in place and clears them at the end
+
+
+def run_tiler(*args, preexec_fn=None) -> subprocess.CompletedProcess:
+    """``python -m tiler ARGS`` in a fresh process: real exit codes, real stderr."""
+    command = [sys.executable, "-m", "tiler", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
+
+
+def shown_lines(stderr: str) -> list[str]:
+    """The lines stderr leaves on a terminal: without progress bars (redrawn with \\r and cursor
+    moves, cleared when done) and blank lines."""
+    text = ANSI_ESCAPE.sub("", stderr)
+    pieces = (piece.strip() for line in text.split("\n") for piece in line.split("\r"))
+    return [piece for piece in pieces if piece and not PROGRESS_BAR.match(piece)]

@@ -26,13 +26,15 @@ def write_region(workdir: Workdir, region, values: np.ndarray, valid: np.ndarray
     if plan.grid.halo == 0:
         core = region.core.scale(scale)
         pixels = to_pixels(values, valid, plan.output.dtype, plan.output_fill)
-        workdir.array("output")[:, core.y.start:core.y.stop, core.x.start:core.x.stop] = pixels
+        with workdir.writing():
+            workdir.array("output")[:, core.y.start:core.y.stop, core.x.start:core.x.stop] = pixels
     else:
         regions = workdir.array("regions")
         chunk = np.full(regions.chunks[2:], np.nan, dtype=np.float32)
         h, w = values.shape[1:]
         chunk[:, :h, :w] = np.where(valid, values, np.nan)
-        regions[iy, ix] = chunk
+        with workdir.writing():
+            regions[iy, ix] = chunk
     workdir.mark_done("process", region.index)
 
 
@@ -54,5 +56,6 @@ def assemble_chunk(workdir: Workdir, index: tuple[int, int]):
             blender.add(extent, values, ~np.isnan(values), weights)
     values, valid = blender.result(target)
     pixels = to_pixels(values, valid, plan.output.dtype, plan.output_fill)
-    workdir.array("output")[:, target.y.start:target.y.stop, target.x.start:target.x.stop] = pixels
+    with workdir.writing():
+        workdir.array("output")[:, target.y.start:target.y.stop, target.x.start:target.x.stop] = pixels
     workdir.mark_done("assemble", index)

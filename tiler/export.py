@@ -154,7 +154,8 @@ def _check_written(workdir: Workdir, path: Path, progress: bool):
     source = workdir.array("output")
     boxes = list(_chunk_boxes(source))
     try:
-        with rasterio.open(path) as ds, _progress(len(boxes), "verify", progress) as bar:
+        with (rasterio.open(path, num_threads="ALL_CPUS") as ds,
+              _progress(len(boxes), "verify", progress) as bar):
             for _, rows, cols in boxes:
                 window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
                 if not np.array_equal(ds.read(window=window), source[:, rows, cols], equal_nan=True):

@@ -198,6 +198,8 @@ def check_output_folder(path: Path) -> None:
     from .errors import OutputError
 
     folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{path}: {folder} is a file; expected an output folder")
     if not folder.is_dir():
         raise OutputError(f"{path}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):

@@ -9,12 +9,13 @@ most the units in flight.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .errors import WorkdirError
+from .errors import OutputError, WorkdirError
 from .plan import Plan, plan_from_json
 
 MARKER = "tiler_workdir"
@@ -40,8 +41,12 @@ class Workdir:
         if path.exists() and not _is_empty_dir(path):
             held = cls._read_plan(path)
             if held is not None and held.fingerprint == plan.fingerprint:
-                return cls._open(path, plan), True
-            if not overwrite:
+                try:
+                    return cls._open(path, plan), True
+                except WorkdirError:  # same plan, damaged arrays: --overwrite starts again
+                    if not overwrite:
+                        raise
+            elif not overwrite:
                 if held is None:
                     raise WorkdirError(f"{path}: workdir is corrupt (no readable plan); "
                                        "pass --overwrite to start again")
@@ -125,6 +130,15 @@ class Workdir:
     def array(self, name: str):
         return self.group[name]
 
+    @contextlib.contextmanager
+    def writing(self):
+        """Name the workdir in write failures: Zarr's OSErrors (disk full, quota) carry no file name."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(f"{self.path}: writing the workdir failed: {exc.strerror or exc}; "
+                              "free some space or choose another --workdir") from exc
+
     # --- completion state ----------------------------------------------------------------------
     def pending(self, stage: str) -> list[tuple[int, int]]:
         done = self.group[f"done/{stage}"][:]
@@ -132,7 +146,8 @@ class Workdir:
 
     def mark_done(self, stage: str, index: tuple[int, int]):
         iy, ix = index
-        self.group[f"done/{stage}"][iy:iy + 1, ix:ix + 1] = 1
+        with self.writing():
+            self.group[f"done/{stage}"][iy:iy + 1, ix:ix + 1] = 1
 
 
 def _is_empty_dir(path: Path) -> bool:
