@@ -1,10 +1,10 @@
-"""The stages of a run, each resuming from what the workdir holds:
+"""Engine pieces shared by the tasks: the arrays of a workdir and the unit operations on them.
 
-process   per region: tiles -> blended output over the region's extent. Without halo the extent is
-          the core and goes straight into its own chunk of ``output``; with halo it goes to the
-          region's chunk of ``regions``.
-assemble  (halo only) per output chunk: the regions touching it, blended with region weights.
-export    ``output`` -> the final file (see export.py).
+Every unit of every stage is indexed by its region (iy, ix) and writes exactly one chunk:
+- a region's result over its extent goes to its own chunk of ``regions`` (``write_extent``);
+- a core-aligned result (assembled regions, decoded pixels, or a halo-free region) goes to the
+  chunk of its core in a grid-shaped array (``write_core``).
+``blend_regions`` blends the stored extents touching a core with partition-of-unity region weights.
 """
 
 from __future__ import annotations
@@ -12,50 +12,64 @@ from __future__ import annotations
 import numpy as np
 
 from .blend import Blender
-from .grid import Box
-from .raster import to_pixels
+from .grid import Box, TileGrid
+from .plan import Plan
 from .store import Workdir
 from .weights import region_profile
 
 
-def write_region(workdir: Workdir, region, values: np.ndarray, valid: np.ndarray):
-    """Store a region's result in its own chunk, then mark the region done."""
-    plan = workdir.plan
-    scale = plan.scale
-    iy, ix = region.index
-    if plan.grid.halo == 0:
-        core = region.core.scale(scale)
-        pixels = to_pixels(values, valid, plan.output.dtype, plan.output_fill)
-        with workdir.writing():
-            workdir.array("output")[:, core.y.start:core.y.stop, core.x.start:core.x.stop] = pixels
-    else:
-        regions = workdir.array("regions")
-        chunk = np.full(regions.chunks[2:], np.nan, dtype=np.float32)
-        h, w = values.shape[1:]
-        chunk[:, :h, :w] = np.where(valid, values, np.nan)
-        with workdir.writing():
-            regions[iy, ix] = chunk
-    workdir.mark_done("process", region.index)
+def output_specs(plan: Plan) -> dict[str, dict]:
+    """The ``output`` array: the final pixels, one chunk per region core."""
+    out, chunk = plan.output, plan.grid.region * plan.scale
+    return {"output": dict(shape=(out.count, out.height, out.width),
+                           chunks=(out.count, min(chunk, out.height), min(chunk, out.width)),
+                           dtype=out.dtype, fill_value=plan.output_fill)}
 
 
-def assemble_chunk(workdir: Workdir, index: tuple[int, int]):
-    """Blend the regions that touch output chunk ``index`` and write the chunk."""
-    plan = workdir.plan
-    grid, scale, halo = plan.tile_grid(), plan.scale, plan.grid.halo
-    core = grid.region_at(*index).core
+def regions_spec(plan: Plan, channels: int, scale: int) -> dict[str, dict]:
+    """The ``regions`` array: each region's extent (core + halo, ``scale`` px per latent px),
+    stored top-left in a chunk of its own; NaN = no data."""
+    ny, nx = plan.tile_grid().region_shape
+    side = (plan.grid.region + 2 * plan.grid.halo) * scale
+    return {"regions": dict(shape=(ny, nx, channels, side, side), chunks=(1, 1, channels, side, side),
+                            dtype="float32", fill_value=float("nan"))}
+
+
+def done_specs(plan: Plan, stages) -> dict[str, dict]:
+    """One ``done/<stage>`` flag array per stage, one chunk (one writer) per unit."""
+    ny, nx = plan.tile_grid().region_shape
+    return {f"done/{stage}": dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
+            for stage in stages}
+
+
+def write_core(workdir: Workdir, name: str, box: Box, values: np.ndarray):
+    """Write ``values`` over ``box`` (one chunk, in the array's own px) of array ``name``."""
+    with workdir.writing():
+        workdir.array(name)[:, box.y.start:box.y.stop, box.x.start:box.x.stop] = values
+
+
+def write_extent(workdir: Workdir, index: tuple[int, int], values: np.ndarray):
+    """Store a region's extent (C, h, w; NaN = no data) in the region's chunk of ``regions``."""
+    regions = workdir.array("regions")
+    chunk = np.full(regions.chunks[2:], np.nan, dtype=np.float32)
+    chunk[:, :values.shape[1], :values.shape[2]] = values
+    with workdir.writing():
+        regions[index[0], index[1]] = chunk
+
+
+def blend_regions(workdir: Workdir, grid: TileGrid, core: Box, scale: int, channels: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Blend the stored extents of the regions touching ``core``; values and validity over
+    ``core`` scaled by ``scale``."""
     target = core.scale(scale)
-    blender = Blender(target, plan.output.count)
+    height, width, halo = grid.height * scale, grid.width * scale, grid.halo * scale
+    blender = Blender(target, channels)
     stored = workdir.array("regions")
     for ry in grid.rows.regions_touching(core.y):
         for rx in grid.cols.regions_touching(core.x):
             extent = Box(grid.rows.region_extent(ry), grid.cols.region_extent(rx)).scale(scale)
             values = stored[ry, rx, :, :extent.y.size, :extent.x.size]
-            weights = np.outer(
-                region_profile(extent.y.start, extent.y.stop, plan.output.height, halo * scale),
-                region_profile(extent.x.start, extent.x.stop, plan.output.width, halo * scale))
+            weights = np.outer(region_profile(extent.y.start, extent.y.stop, height, halo),
+                               region_profile(extent.x.start, extent.x.stop, width, halo))
             blender.add(extent, values, ~np.isnan(values), weights)
-    values, valid = blender.result(target)
-    pixels = to_pixels(values, valid, plan.output.dtype, plan.output_fill)
-    with workdir.writing():
-        workdir.array("output")[:, target.y.start:target.y.stop, target.x.start:target.x.stop] = pixels
-    workdir.mark_done("assemble", index)
+    return blender.result(target)

@@ -19,6 +19,7 @@ from .execute import GateClosed
 from .plan import OutputFormat, Plan
 from .store import Workdir
 
+PLAN_TAG = "TILER_PLAN"  # metadata item holding the run's plan (JSON): what `tiler qa` reads
 EXTENSIONS = {".tif": "GTiff", ".tiff": "GTiff", ".zarr": "Zarr"}
 
 
@@ -123,6 +124,7 @@ def _write_gtiff(workdir: Workdir, path: Path, options: dict[str, str], progress
             profile["crs"] = CRS.from_wkt(plan.input.crs_wkt)
     boxes = list(_chunk_boxes(source))
     with rasterio.open(path, "w", **profile) as dst:
+        dst.update_tags(**{PLAN_TAG: plan.model_dump_json()})
         for index, band in enumerate(plan.bands, start=1):
             description = plan.input.descriptions[band - 1]
             if description:
@@ -184,6 +186,7 @@ def _write_zarr(workdir: Workdir, path: Path, progress: bool, wait_for):
         "nodata": out.nodata,
         "bands": list(plan.bands),
         "source": plan.input.path,
+        PLAN_TAG: plan.model_dump_json(),
     })
     boxes = list(_chunk_boxes(source))
     with _progress(len(boxes), "export", progress) as bar:

@@ -66,6 +66,23 @@ class OutputSpec(_Frozen):
     transform: tuple[float, float, float, float, float, float] | None
 
 
+class DiffusionSpec(_Frozen):
+    """What an LDM run's arrays depend on, beyond the grid: the model's identity, the sampling
+    settings, the arithmetic (dtype) and how raster values map to the model's [-1, 1]."""
+
+    model_dir: str
+    weights: tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of each weight file
+    sampler: str
+    steps: int
+    eta: float
+    seed: int
+    dtype: str
+    value_range: tuple[float, float]
+    latent_channels: int
+    decode_tile: int
+    decode_halo: int
+
+
 class Plan(_Frozen):
     version: int = PLAN_VERSION
     task: Literal["upscale"] = "upscale"
@@ -76,6 +93,11 @@ class Plan(_Frozen):
     input: InputSpec
     grid: GridSpec
     output: OutputSpec
+    diffusion: DiffusionSpec | None = None
+
+    @property
+    def is_classical(self) -> bool:
+        return self.diffusion is None
 
     def tile_grid(self) -> TileGrid:
         return TileGrid(self.input.height, self.input.width, self.grid.tile, self.grid.overlap,
@@ -118,16 +140,29 @@ class Plan(_Frozen):
             "overhead_factor": round(grid.overhead_factor(), 4),
             "workdir_bytes_max": self.workdir_bytes(),
             "fingerprint": self.fingerprint,
-        }
+        } | self._diffusion_summary()
+
+    def _diffusion_summary(self) -> dict:
+        if self.diffusion is None:
+            return {}
+        spec = self.diffusion
+        return {"model_dir": spec.model_dir, "sampler": spec.sampler, "steps": spec.steps,
+                "eta": spec.eta, "seed": spec.seed, "model_dtype": spec.dtype,
+                "value_range": list(spec.value_range), "decode_tile": spec.decode_tile,
+                "decode_halo": spec.decode_halo,
+                "unet_evaluations": self.tile_grid().computed_tile_count() * spec.steps}
 
     def workdir_bytes(self) -> int:
         """Upper bound of the workdir's size (uncompressed arrays; compression usually shrinks it)."""
         out = self.output
         size = out.count * out.width * out.height * np.dtype(out.dtype).itemsize
-        if self.grid.halo > 0:
-            ny, nx = self.tile_grid().region_shape
-            side = (self.grid.region + 2 * self.grid.halo) * self.scale
-            size += ny * nx * out.count * side * side * 4
+        ny, nx = self.tile_grid().region_shape
+        side = self.grid.region + 2 * self.grid.halo
+        if self.diffusion is not None:  # region latents + blended latent, float32
+            channels = self.diffusion.latent_channels
+            size += (ny * nx * side * side + self.input.width * self.input.height) * channels * 4
+        elif self.grid.halo > 0:  # region pixels, float32
+            size += ny * nx * out.count * (side * self.scale) ** 2 * 4
         return size
 
 
@@ -139,7 +174,8 @@ def _canonical_json(data) -> str:
 
 def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands: tuple[int, ...],
                output: Path, output_format: OutputFormat, creation_options: dict[str, str],
-               tile: int, overlap: int, region: int, halo: int) -> Plan:
+               tile: int, overlap: int, region: int, halo: int,
+               diffusion: DiffusionSpec | None = None) -> Plan:
     transform = (tuple(output_transform(info.affine, scale))[:6] if info.georeferenced else None)
     return Plan(
         model=model, scale=scale, bands=bands, context=context,
@@ -149,6 +185,7 @@ def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands:
                           creation_options=creation_options, dtype=info.dtype, nodata=info.nodata,
                           width=info.width * scale, height=info.height * scale, count=len(bands),
                           transform=transform),
+        diffusion=diffusion,
     )
 
 

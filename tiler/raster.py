@@ -204,3 +204,38 @@ def check_output_folder(path: Path) -> None:
         raise OutputError(f"{path}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: output folder {folder} is not writable")
+
+
+def value_range(info: RasterInfo, bands: tuple[int, ...], percentiles=(0.1, 99.9),
+                sample_size: int = 2048) -> tuple[float, float]:
+    """The value range that maps to a model's [-1, 1]: the dtype's full range for uint8, else
+    percentiles of the valid pixels of ``bands`` over the whole raster, read once at reduced
+    resolution (bounded memory; GDAL uses overviews when the file has them). One range for all
+    bands, so band ratios (colour) are kept."""
+    import rasterio
+
+    if info.dtype == "uint8":
+        return (0.0, 255.0)
+    factor = max(1, -(-max(info.width, info.height) // sample_size))
+    shape = (len(bands), max(1, info.height // factor), max(1, info.width // factor))
+    with rasterio.open(info.path) as ds:
+        pixels = ds.read(list(bands), out_shape=shape)
+    values = pixels[valid_mask(pixels, info.nodata)]
+    if values.size == 0:
+        raise InputError(f"{info.path}: bands {','.join(map(str, bands))} hold no valid pixels "
+                         f"(all nodata {info.nodata})")
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if high <= low:
+        high = low + 1.0
+    return (low, high)
+
+
+def parse_value_range(text: str) -> tuple[float, float]:
+    """``--range MIN,MAX``."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise BadParameter("--range", f"{text!r} is not MIN,MAX (two numbers, e.g. 0,3000)") from None
+    if not high > low:
+        raise BadParameter("--range", f"{text!r}: MAX must be greater than MIN")
+    return (low, high)

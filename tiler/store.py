@@ -21,19 +21,21 @@ from .plan import Plan, plan_from_json
 MARKER = "tiler_workdir"
 # Intermediate arrays are written once and read once: fast compression beats small files.
 FAST_ZSTD = {"name": "zstd", "configuration": {"level": 1}}
-STAGES = ("process", "assemble")
 
 
 class Workdir:
-    def __init__(self, path: Path, group, plan: Plan):
+    def __init__(self, path: Path, group, plan: Plan, specs: dict[str, dict]):
         self.path = path
         self.group = group
         self.plan = plan
+        self.specs = specs
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, path: Path, plan: Plan, overwrite: bool = False) -> tuple["Workdir", bool]:
-        """Resume the workdir at ``path`` if it holds ``plan``; create it if absent.
+    def open_or_create(cls, path: Path, plan: Plan, specs: dict[str, dict], overwrite: bool = False
+                       ) -> tuple["Workdir", bool]:
+        """Resume the workdir at ``path`` if it holds ``plan``; create it if absent. ``specs`` are
+        the task's arrays: name -> zarr ``create_array`` arguments.
 
         Returns (workdir, resumed). A workdir with another plan, or a corrupt one, is replaced only
         with ``overwrite``; a folder that is not a tiler workdir is never deleted."""
@@ -42,7 +44,7 @@ class Workdir:
             held = cls._read_plan(path)
             if held is not None and held.fingerprint == plan.fingerprint:
                 try:
-                    return cls._open(path, plan), True
+                    return cls._open(path, plan, specs), True
                 except WorkdirError:  # same plan, damaged arrays: --overwrite starts again
                     if not overwrite:
                         raise
@@ -54,7 +56,7 @@ class Workdir:
                                    f"{held.fingerprint}, this run {plan.fingerprint}); pass "
                                    "--overwrite to discard it or choose another --workdir")
             remove_workdir(path)
-        return cls._create(path, plan), False
+        return cls._create(path, plan, specs), False
 
     @staticmethod
     def _read_plan(path: Path) -> Plan | None:
@@ -73,12 +75,12 @@ class Workdir:
             return None
 
     @classmethod
-    def _open(cls, path: Path, plan: Plan) -> "Workdir":
+    def _open(cls, path: Path, plan: Plan, specs: dict[str, dict]) -> "Workdir":
         import zarr
 
         try:
             group = zarr.open_group(str(path), mode="r+")
-            workdir = cls(path, group, plan)
+            workdir = cls(path, group, plan, specs)
             workdir._check_arrays()
         except (KeyError, ValueError, OSError) as exc:
             raise WorkdirError(f"{path}: workdir is corrupt ({exc}); pass --overwrite to start "
@@ -86,43 +88,24 @@ class Workdir:
         return workdir
 
     @classmethod
-    def _create(cls, path: Path, plan: Plan) -> "Workdir":
+    def _create(cls, path: Path, plan: Plan, specs: dict[str, dict]) -> "Workdir":
         import zarr
 
         path.mkdir(parents=True, exist_ok=True)
         (path / MARKER).write_text(plan.fingerprint + "\n")
         group = zarr.open_group(str(path), mode="a")
-        workdir = cls(path, group, plan)
+        workdir = cls(path, group, plan, specs)
         workdir._create_arrays()
         group.attrs["plan"] = plan.model_dump_json()
         return workdir
 
     # --- arrays --------------------------------------------------------------------------------
-    def _array_specs(self) -> dict[str, dict]:
-        plan, grid = self.plan, self.plan.tile_grid()
-        out, scale = plan.output, plan.scale
-        ny, nx = grid.region_shape
-        chunk = plan.grid.region * scale
-        specs = {
-            "output": dict(shape=(out.count, out.height, out.width),
-                           chunks=(out.count, min(chunk, out.height), min(chunk, out.width)),
-                           dtype=out.dtype, fill_value=plan.output_fill, compressors=FAST_ZSTD),
-            "done/process": dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0),
-        }
-        if plan.grid.halo > 0:
-            side = (plan.grid.region + 2 * plan.grid.halo) * scale
-            specs["regions"] = dict(shape=(ny, nx, out.count, side, side),
-                                    chunks=(1, 1, out.count, side, side), dtype="float32",
-                                    fill_value=float("nan"), compressors=FAST_ZSTD)
-            specs["done/assemble"] = dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
-        return specs
-
     def _create_arrays(self):
-        for name, spec in self._array_specs().items():
-            self.group.create_array(name, **spec)
+        for name, spec in self.specs.items():
+            self.group.create_array(name, compressors=FAST_ZSTD, **spec)
 
     def _check_arrays(self):
-        for name, spec in self._array_specs().items():
+        for name, spec in self.specs.items():
             array = self.group[name]
             if tuple(array.shape) != spec["shape"] or tuple(array.chunks) != spec["chunks"]:
                 raise ValueError(f"array {name} has shape {array.shape}, expected {spec['shape']}")

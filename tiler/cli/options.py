@@ -26,9 +26,11 @@ def upscale_arguments(command):
     decorators = [
         click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)),
         click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
-        click.option("--model", default="bicubic", show_default=True,
-                     help="Model: nearest, bicubic or lanczos."),
-        click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor."),
+        click.option("--model", default="CompVis/ldm-super-resolution-4x-openimages", show_default=True,
+                     help="LDM super-resolution model (hub id or local diffusers folder), or a "
+                          "classical model: nearest, bicubic, lanczos."),
+        click.option("--scale", type=int,
+                     help="Upscaling factor (classical models; default 4). LDM models fix their own."),
         click.option("-b", "--bidx", "bands", metavar="LIST",
                      help="Bands to process, 1-based, comma-separated (e.g. 3,2,1). Default: all."),
         click.option("--format", "output_format", type=click.Choice(["GTiff", "COG", "Zarr"]),
@@ -40,6 +42,21 @@ def upscale_arguments(command):
         click.option("--overlap", type=int, help="Tile overlap in latent px [model default]."),
         click.option("--region", type=int, help="Region (unit of work) size in latent px [model default]."),
         click.option("--halo", type=int, help="Extra latent px around each region [model default]."),
+        click.option("--steps", type=int, help="LDM: denoising steps [50]."),
+        click.option("--eta", type=float, help="LDM: DDIM eta, 0 = deterministic [0]."),
+        click.option("--seed", type=int, help="LDM: seed of the keyed noise [0]."),
+        click.option("--sampler", help="LDM: ddim, dpm++, dpm++-sde, euler, heun, lms, pndm, unipc "
+                                       "or a diffusers scheduler class name [ddim]."),
+        click.option("--device", default="auto", show_default=True, help="LDM: auto, cpu, cuda, cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+                     help="LDM: float32 on CPU, bfloat16 on CUDA by default."),
+        click.option("--range", "value_range", metavar="MIN,MAX",
+                     help="LDM: raster values mapped to the model's [-1, 1] [uint8: 0,255; else "
+                          "0.1/99.9 percentiles of the whole raster]."),
+        click.option("--decode-tile", type=int, help="LDM: VQ decode tile in latent px [128]."),
+        click.option("--decode-halo", type=int, help="LDM: VQ decode halo in latent px [32]."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="LDM: allow pickle (.bin) weights, which can run code when loaded."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -47,9 +64,14 @@ def upscale_arguments(command):
 
 
 def plan_kwargs(params: dict) -> dict:
+    from ..tasks.superres import DiffusionOptions
+
     keys = ("model", "scale", "bands", "output_format", "tile", "overlap", "region", "halo")
     kwargs = {key: params[key] for key in keys}
     kwargs["creation_overrides"] = params["creation_options"]
+    kwargs["diffusion"] = DiffusionOptions(
+        **{key: params[key] for key in ("steps", "eta", "seed", "sampler", "device", "dtype",
+                                         "value_range", "decode_tile", "decode_halo", "allow_pickle")})
     return kwargs
 
 

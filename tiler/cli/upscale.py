@@ -10,21 +10,29 @@ from .plan import print_plan
               help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler].")
 @click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or a workdir of another plan.")
-@click.option("--workers", type=click.IntRange(min=1), help="Worker threads [all cores].")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker threads [classical: all cores; LDM: 1 per GPU, or all cores on CPU].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="LDM: tiles per UNet call [16 on CUDA, 4 on CPU]; never changes the result.")
+@click.option("--compile", "compile_model", is_flag=True, help="LDM: torch.compile the UNet and decoder.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit (same as `tiler plan`).")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @verbosity
 @reports_errors
-def upscale_command(workdir, keep_workdir, overwrite, workers, dry_run, as_json, verbose, quiet, **params):
+def upscale_command(workdir, keep_workdir, overwrite, workers, batch_size, compile_model, dry_run,
+                    as_json, verbose, quiet, **params):
     """Upscale INPUT into OUTPUT [INPUT-STEM_x4.tif]; re-running resumes."""
+    from ..tasks.superres import RuntimeOptions
     from ..upscale import plan_upscale, run_upscale
 
     plan = plan_upscale(params["input_path"], params["output_path"], **plan_kwargs(params))
     if dry_run:
         print_plan(plan, as_json)
         return
+    runtime = RuntimeOptions(device=params["device"], batch_size=batch_size, compile=compile_model,
+                             allow_pickle=params["allow_pickle"])
     report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
-                         workers=workers, progress=not quiet)
+                         workers=workers, progress=not quiet, runtime=runtime)
     if not quiet:
         out = plan.output
         stages = ", ".join(f"{s.name} {s.computed}/{s.total}" for s in report.stages[:-1])

@@ -1,23 +1,63 @@
 """Upscaling with a classical kernel: every tile of a region is read with its context, resampled,
-and blended onto the region's canvas in output pixels."""
+and blended onto the region's extent in output pixels.
+
+Stages: ``process`` (per region); with a halo, also ``assemble`` (per output chunk: blend the
+regions touching it). Without halo a region's core is final and goes straight to ``output``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import engine
 from ..blend import Blender
 from ..grid import Region
 from ..plan import Plan
-from ..raster import SourceReader, valid_mask
+from ..raster import SourceReader, to_pixels, valid_mask
 from ..resample import ClassicalUpscaler
 from ..weights import tile_weights
 
 
+def stages(plan: Plan) -> tuple[str, ...]:
+    return ("process", "assemble") if plan.grid.halo > 0 else ("process",)
+
+
+def array_specs(plan: Plan) -> dict[str, dict]:
+    specs = engine.output_specs(plan)
+    if plan.grid.halo > 0:
+        specs.update(engine.regions_spec(plan, plan.output.count, plan.scale))
+    specs.update(engine.done_specs(plan, stages(plan)))
+    return specs
+
+
 class ClassicalUpscaleTask:
-    def __init__(self, plan: Plan, reader: SourceReader):
+    def __init__(self, plan: Plan, store, reader: SourceReader):
         self.plan = plan
+        self.store = store
         self.reader = reader
+        self.grid = plan.tile_grid()
         self.upscaler = ClassicalUpscaler(plan.model, plan.scale)
+        self.stages = stages(plan)
+
+    def process(self, index):
+        region = self.grid.region_at(*index)
+        values, valid = self.region_pixels(region)
+        if self.plan.grid.halo == 0:
+            engine.write_core(self.store, "output", region.core.scale(self.plan.scale),
+                              self.pixels(values, valid))
+        else:
+            engine.write_extent(self.store, index, np.where(valid, values, np.nan).astype(np.float32))
+        self.store.mark_done("process", index)
+
+    def assemble(self, index):
+        core = self.grid.region_at(*index).core
+        values, valid = engine.blend_regions(self.store, self.grid, core, self.plan.scale,
+                                             self.plan.output.count)
+        engine.write_core(self.store, "output", core.scale(self.plan.scale), self.pixels(values, valid))
+        self.store.mark_done("assemble", index)
+
+    def pixels(self, values, valid):
+        return to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill)
 
     def region_pixels(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
         """Output values and validity over the region's extent (scaled to output px)."""

@@ -1,0 +1,54 @@
+"""Tiled first-stage decode: latent -> pixels, one output chunk at a time.
+
+The chunk's latent box is cut into decode tiles of ``tile`` latent px on a grid anchored at (0, 0).
+Each tile is decoded from a window grown by ``halo`` latent px on every side (reflected past the
+raster edge) and only its core is kept, so every output px comes from exactly one decode and no
+window is decoded twice. The SR decoder has a global attention in its mid block, so a window's
+result differs from a whole-canvas decode, most near its edges; the halo keeps the core's error
+small (``benchmarks/decode_halo.py`` measures it against the halo). The windows of a chunk and
+their batches depend only on the plan, never on --batch-size, so results are fixed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .grid import Box, Span
+
+DECODE_BATCH = 4  # decode windows per call: fixed, so that results never depend on tuning
+
+
+def decode_tiles(core: Box, tile: int) -> list[Box]:
+    """The decode tiles (multiples of ``tile``) that cover ``core``, clipped to it."""
+    def spans(span: Span) -> list[Span]:
+        starts = range(span.start // tile * tile, span.stop, tile)
+        return [Span(max(start, span.start), min(start + tile, span.stop)) for start in starts]
+    return [Box(y, x) for y in spans(core.y) for x in spans(core.x)]
+
+
+def decode_chunk(decode_batch, read_latent, core: Box, tile: int, halo: int, scale: int,
+                 channels: int) -> np.ndarray:
+    """Pixels (channels, h*scale, w*scale) of latent box ``core``.
+
+    ``read_latent(box) -> (C, h, w) float32`` reads the blended latent (reflected past the edges);
+    ``decode_batch(latents (n, C, h, w)) -> (n, channels, h*scale, w*scale)`` runs the decoder.
+    Windows have one shape (tile + 2 * halo) wherever they fall, like UNet tiles."""
+    pixels = np.empty((channels, core.y.size * scale, core.x.size * scale), dtype=np.float32)
+    tiles = decode_tiles(core, tile)
+    for start in range(0, len(tiles), DECODE_BATCH):
+        batch = tiles[start:start + DECODE_BATCH]
+        windows = [_window(piece, tile, halo) for piece in batch]
+        decoded = decode_batch(np.stack([read_latent(window) for window in windows]))
+        for piece, window, values in zip(batch, windows, decoded):
+            rows, cols = piece.scale(scale).relative_to(window.scale(scale))
+            out_rows, out_cols = piece.scale(scale).relative_to(core.scale(scale))
+            pixels[:, out_rows, out_cols] = values[:, rows, cols]
+    return pixels
+
+
+def _window(piece: Box, tile: int, halo: int) -> Box:
+    """The fixed-shape decode window of the grid tile holding ``piece``."""
+    y0 = piece.y.start // tile * tile - halo
+    x0 = piece.x.start // tile * tile - halo
+    size = tile + 2 * halo
+    return Box(Span(y0, y0 + size), Span(x0, x0 + size))

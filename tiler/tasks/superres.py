@@ -1,0 +1,276 @@
+"""LDM 4x super-resolution on the engine.
+
+For LDM-SR the latent grid IS the low-resolution pixel grid (VQ f=4, 4x), so tiles and regions are
+counted in input px. Stages, each unit one region (or the chunk of its core):
+
+denoise   read the region canvas's low-res pixels, normalise to [-1, 1] with the plan's value range,
+          run the fused lockstep sampler, store the latent of the region's extent
+assemble  blend the latents of the regions touching a chunk (region weights) -> ``latent``
+decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels -> ``output``
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import engine
+from ..decode import decode_chunk
+from ..grid import Box
+from ..errors import BadParameter
+from ..plan import DiffusionSpec, Plan
+from ..raster import SourceReader, reflect_indices, to_pixels, valid_mask
+
+STAGES = ("denoise", "assemble", "decode")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run, not what to compute: changing these never changes the output (on one device)."""
+
+    device: str = "auto"
+    batch_size: int | None = None  # tiles per UNet call; default by device
+    compile: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class DiffusionOptions:
+    """What the user asked for; None = the default (see DEFAULTS)."""
+
+    steps: int | None = None
+    eta: float | None = None
+    seed: int | None = None
+    sampler: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    value_range: str | None = None
+    decode_tile: int | None = None
+    decode_halo: int | None = None
+    allow_pickle: bool = False
+
+
+# Grid defaults in latent px (= low-res px). Tiles of 128 keep the UNet's batches large on a GPU;
+# an overlap of 32 and a region halo of 32 leave every seam inside a blended band.
+GRID_DEFAULTS = dict(tile=128, overlap=32, region=512, halo=32)
+DEFAULTS = dict(steps=50, eta=0.0, seed=0, sampler="ddim", decode_tile=128, decode_halo=32)
+
+
+def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, tile: int,
+                   options: DiffusionOptions) -> tuple[DiffusionSpec, int]:
+    """Check the model folder and the options against the input, without loading weights.
+    Returns the spec and the model's scale (its first stage's downsampling factor)."""
+    from .. import models
+    from ..raster import parse_value_range, value_range
+
+    model_dir = models.resolve_model_dir(model, allow_pickle=options.allow_pickle)
+    models.check_sr_layout(model_dir)
+    weights = models.check_weights(model_dir, allow_pickle=options.allow_pickle)
+    vq = json.loads((model_dir / "vqvae" / "config.json").read_text())
+    unet = json.loads((model_dir / "unet" / "config.json").read_text())
+    factor = 2 ** (len(vq["block_out_channels"]) - 1)
+    cond_channels = unet["in_channels"] - vq["latent_channels"]
+    if scale is not None and scale != factor:
+        raise BadParameter("--scale", f"{scale}: model {model} upscales by {factor}")
+    if len(bands) not in (1, cond_channels):
+        raise BadParameter("-b/--bidx", f"{len(bands)} bands selected ({','.join(map(str, bands))}); "
+                           f"model {model} takes {cond_channels} bands (or 1, repeated): choose them "
+                           f"with e.g. -b {','.join(map(str, range(1, cond_channels + 1)))}")
+    multiple = 2 ** (len(unet["block_out_channels"]) - 1)
+    if tile % multiple:
+        raise BadParameter("--tile", f"{tile} is not a multiple of {multiple}, which the UNet of "
+                           f"{model} needs")
+    chosen = {key: DEFAULTS[key] if getattr(options, key) is None else getattr(options, key)
+              for key in DEFAULTS}
+    _check_positive(chosen)
+    models.scheduler_from_config(models.read_scheduler_config(model_dir), chosen["sampler"])
+    device = models.resolve_device(options.device)
+    dtype = str(models.resolve_dtype(options.dtype, device)).removeprefix("torch.")
+    limits = (parse_value_range(options.value_range) if options.value_range
+              else value_range(info, bands))
+    spec = DiffusionSpec(
+        model_dir=str(model_dir.resolve()), weights=_weights_identity(weights.values()),
+        dtype=dtype, value_range=limits, latent_channels=vq["latent_channels"], **chosen)
+    return spec, factor
+
+
+def _check_positive(chosen: dict):
+    for key, low in (("steps", 1), ("decode_tile", 1), ("eta", 0), ("decode_halo", 0)):
+        if chosen[key] < low:
+            raise BadParameter(f"--{key.replace('_', '-')}", f"{chosen[key]} is below {low}")
+
+
+def _weights_identity(files) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime_ns) of every weight file: a changed model invalidates a workdir."""
+    identity = []
+    for first in files:
+        for path in sorted(first.parent.glob("*" + first.suffix)):
+            stat = path.stat()
+            identity.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    return tuple(identity)
+
+
+def array_specs(plan: Plan) -> dict[str, dict]:
+    channels = plan.diffusion.latent_channels
+    region = plan.grid.region
+    height, width = plan.input.height, plan.input.width
+    specs = engine.output_specs(plan)
+    specs.update(engine.regions_spec(plan, channels, scale=1))
+    specs["latent"] = dict(shape=(channels, height, width),
+                           chunks=(channels, min(region, height), min(region, width)),
+                           dtype="float32", fill_value=float("nan"))
+    specs.update(engine.done_specs(plan, STAGES))
+    return specs
+
+
+class SuperResolutionTask:
+    """Runs one unit of each stage; holds the model and the source reader for the whole run."""
+
+    stages = STAGES
+
+    def __init__(self, plan: Plan, store, reader: SourceReader, model: "ModelRunner",
+                 batch_size: int | None):
+        self.plan = plan
+        self.store = store
+        self.reader = reader
+        self.model = model
+        self.grid = plan.tile_grid()
+        from ..sample import SamplingOptions
+
+        spec = plan.diffusion
+        self.options = SamplingOptions(steps=spec.steps, eta=spec.eta, seed=spec.seed,
+                                       batch_size=batch_size or model.default_batch_size,
+                                       overlap=plan.grid.overlap)
+        self.low, self.high = spec.value_range
+
+    # --- units -------------------------------------------------------------------------------
+    def denoise(self, index):
+        import torch
+
+        from ..sample import denoise_canvas
+
+        region = self.grid.region_at(*index)
+        with torch.inference_mode():
+            condition = self.model.to_device(self.condition(region.canvas))
+            latent = denoise_canvas(self.model.unet_call, self.model.new_scheduler(), condition,
+                                    region.canvas, region.tiles, self.model.latent_channels,
+                                    self.options)
+        rows, cols = region.extent.relative_to(region.canvas)
+        engine.write_extent(self.store, index, latent[:, rows, cols].float().cpu().numpy())
+        self.store.mark_done("denoise", index)
+
+    def assemble(self, index):
+        core = self.grid.region_at(*index).core
+        values, _ = engine.blend_regions(self.store, self.grid, core, 1, self.plan.diffusion.latent_channels)
+        engine.write_core(self.store, "latent", core, values.astype(np.float32))
+        self.store.mark_done("assemble", index)
+
+    def decode(self, index):
+        core = self.grid.region_at(*index).core
+        spec, scale = self.plan.diffusion, self.plan.scale
+        pixels = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
+                              spec.decode_halo, scale, self.model.image_channels)
+        values = self.denormalise(pixels)
+        valid = self.output_validity(core)
+        engine.write_core(self.store, "output", core.scale(scale),
+                          to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill))
+        self.store.mark_done("decode", index)
+
+    # --- pixels <-> model space ----------------------------------------------------------------
+    def condition(self, box: Box) -> np.ndarray:
+        """Low-res pixels of ``box`` in [-1, 1] (no-data pixels neutral 0), as the model's
+        channels: a single band is repeated into every channel."""
+        pixels = self.reader.read(box)
+        valid = valid_mask(pixels, self.plan.input.nodata)
+        unit = (np.where(valid, pixels, self.low).astype(np.float32) - self.low) / (self.high - self.low)
+        condition = np.where(valid, unit * 2 - 1, 0).astype(np.float32)
+        if condition.shape[0] == 1:
+            condition = np.repeat(condition, self.model.cond_channels, axis=0)
+        return condition
+
+    def denormalise(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded [-1, 1] pixels back to raster units; one band = the mean of the channels."""
+        values = (pixels.astype(np.float64) + 1) / 2 * (self.high - self.low) + self.low
+        if len(self.plan.bands) == 1:
+            values = values.mean(axis=0, keepdims=True)
+        return values
+
+    def output_validity(self, core: Box) -> np.ndarray:
+        """Output px have data where their (nearest) input px has data."""
+        valid = valid_mask(self.reader.read(core), self.plan.input.nodata)
+        scale = self.plan.scale
+        return np.repeat(np.repeat(valid, scale, axis=1), scale, axis=2)
+
+    def read_latent(self, box: Box) -> np.ndarray:
+        """The blended latent over ``box``, reflected past the raster edges."""
+        latent = self.store.array("latent")
+        rows = reflect_indices(box.y.start, box.y.stop, self.plan.input.height)
+        cols = reflect_indices(box.x.start, box.x.stop, self.plan.input.width)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        block = latent[:, r0:r1, c0:c1]
+        return block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
+
+
+class ModelRunner:
+    """The loaded model as the sampler and the decoder call it: device placement, dtype,
+    channels_last, optional torch.compile, inference mode, one scheduler per region."""
+
+    def __init__(self, model, sampler: str, compile: bool):
+        import torch
+
+        self.model = model
+        self.device = model.device
+        self.sampler = sampler
+        self.latent_channels = model.latent_channels
+        self.cond_channels = model.cond_channels
+        self.image_channels = int(model.vqvae.config.out_channels)
+        self.channels_last = self.device.type == "cuda"
+        self.unet = torch.compile(model.unet) if compile else model.unet
+        self.vq_decode = torch.compile(model.vqvae.decode) if compile else model.vqvae.decode
+        self.default_batch_size = 16 if self.device.type == "cuda" else 4
+
+    @classmethod
+    def load(cls, plan: Plan, runtime: RuntimeOptions) -> "ModelRunner":
+        from ..models import load_sr_model
+
+        spec = plan.diffusion
+        model = load_sr_model(spec.model_dir, device=runtime.device, dtype=spec.dtype,
+                              allow_pickle=runtime.allow_pickle)
+        return cls(model, spec.sampler, runtime.compile)
+
+    def limit_threads(self, threads: int):
+        if self.device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def new_scheduler(self):
+        return self.model.make_scheduler(self.sampler)
+
+    def to_device(self, array: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+    def _prepare(self, batch):
+        import torch
+
+        batch = batch.to(self.model.dtype)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+    def unet_call(self, inputs, timestep):
+        import torch
+
+        with torch.inference_mode():
+            return self.unet(self._prepare(inputs), timestep).sample
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """(n, C, h, w) latents -> (n, channels, h*f, w*f) pixels in about [-1, 1], float32.
+        The VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does."""
+        import torch
+
+        with torch.inference_mode():
+            pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
+        return pixels.float().cpu().numpy()
