@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +94,36 @@ def shown_lines(stderr: str) -> list[str]:
     text = ANSI_ESCAPE.sub("", stderr)
     pieces = (piece.strip() for line in text.split("\n") for piece in line.split("\r"))
     return [piece for piece in pieces if piece and not PROGRESS_BAR.match(piece)]
+
+
+def done_count(workdir: Path, stage: str) -> int:
+    """Units marked done: chunk files of the completion array (Zarr does not store chunks that hold
+    only the fill value 0; it writes each chunk to a temporary name, then renames it)."""
+    chunks = workdir / "done" / stage / "c"
+    if not chunks.is_dir():
+        return 0
+    return sum(1 for path in chunks.rglob("*") if path.is_file() and ".partial" not in path.name)
+
+
+def kill_part_way(args, workdir: Path, log: Path, timeout: float = 120.0, stage: str = "process",
+                  after: int = 3):
+    """Start tiler, SIGKILL it once ``after`` units of ``stage`` are done; fail if it ends first."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tiler", *map(str, args)],
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + timeout
+    try:
+        while done_count(workdir, stage) < after:
+            if process.poll() is not None:
+                pytest.fail(f"tiler ended (exit {process.returncode}) before {after} {stage} units "
+                            f"were done; stderr:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"fewer than {after} {stage} units done after {timeout} s")
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    if process.returncode != -signal.SIGKILL:
+        pytest.fail(f"tiler finished (exit {process.returncode}) before the kill; make the input "
+                    "larger so that processing takes longer")

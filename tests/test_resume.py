@@ -4,22 +4,18 @@ the second run computes only the regions the first did not finish."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from conftest import make_raster, read_raster, run_tiler, shown_lines
+from conftest import done_count, kill_part_way, make_raster, read_raster, run_tiler, shown_lines
 
 # Regions of 32 px on one worker: enough units (tens of ms each) to kill the run part-way.
 RUN = ("--model", "bicubic", "--tile", "32", "--region", "32", "--workers", "1")
 SUMMARY = re.compile(r"computed process (\d+)/(\d+)(?:, assemble (\d+)/(\d+))?")
-KILL_AFTER = 3  # regions done before the kill
+KILL_AFTER = 3  # regions done before the kill (kill_part_way's default)
 
 
 def summary_counts(result) -> tuple[int, ...]:
@@ -31,40 +27,8 @@ def summary_counts(result) -> tuple[int, ...]:
     return tuple(int(group) for group in found.groups() if group is not None)
 
 
-def done_count(workdir: Path, stage: str) -> int:
-    """Units marked done: chunk files of the completion array (Zarr does not store chunks that hold
-    only the fill value 0; it writes each chunk to a temporary name, then renames it)."""
-    chunks = workdir / "done" / stage / "c"
-    if not chunks.is_dir():
-        return 0
-    return sum(1 for path in chunks.rglob("*") if path.is_file() and ".partial" not in path.name)
-
-
 def done_array(workdir: Path, stage: str) -> np.ndarray:
     return zarr.open_array(str(workdir / "done" / stage), mode="r")[:]
-
-
-def kill_part_way(args, workdir: Path, log: Path, timeout: float = 120.0):
-    """Start tiler, SIGKILL it once KILL_AFTER regions are done; fail if it ends first."""
-    with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "tiler", *map(str, args)],
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
-    deadline = time.monotonic() + timeout
-    try:
-        while done_count(workdir, "process") < KILL_AFTER:
-            if process.poll() is not None:
-                pytest.fail(f"tiler ended (exit {process.returncode}) before {KILL_AFTER} regions "
-                            f"were done; stderr:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"fewer than {KILL_AFTER} regions done after {timeout} s")
-            time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
-    if process.returncode != -signal.SIGKILL:
-        pytest.fail(f"tiler finished (exit {process.returncode}) before the kill; make the input "
-                    "larger so that processing takes longer")
 
 
 def chunk_identities(folder: Path) -> dict[str, tuple[int, int]]:

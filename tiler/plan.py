@@ -135,6 +135,7 @@ class Plan(_Frozen):
             "region": self.grid.region,
             "halo": self.grid.halo,
             "tiles": grid.tile_count,
+            "tiles_computed": grid.computed_tile_count(),
             "regions": ny * nx,
             "region_grid": [nx, ny],
             "overhead_factor": round(grid.overhead_factor(), 4),

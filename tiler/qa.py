@@ -35,11 +35,15 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError, OutputError
 from .grid import TileGrid
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 SEGMENT = 256  # output px per heat-map segment (about)
 BLOCK = 4096  # output px along a line per read
@@ -324,7 +328,7 @@ def _segment_edges(length: int) -> np.ndarray:
 
 
 # --- the report ------------------------------------------------------------------------------------
-def load_plan(output_path) -> "object":
+def load_plan(output_path) -> Plan:
     """The Plan stored in an output's TILER_PLAN metadata, or NotATilerOutput."""
     reader = _open(str(output_path))
     try:
@@ -349,7 +353,7 @@ def _plan_of(reader, path: str):
                          f"({exc.error_count()} errors, first: {_first_line(exc)})") from None
 
 
-def seam_report(output_path, plan=None, heatmap_path=None) -> SeamReport:
+def seam_report(output_path, plan: Plan | SeamGeometry | None = None, heatmap_path=None) -> SeamReport:
     """Measure the seams of ``output_path`` (GeoTIFF, COG or Zarr output).
 
     ``plan``: a ``Plan`` or a ``SeamGeometry``; default: the plan in the output's TILER_PLAN metadata.

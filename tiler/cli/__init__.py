@@ -4,6 +4,7 @@ import click
 
 from .. import __version__
 from .plan import plan_command
+from .qa import qa_command
 from .upscale import upscale_command
 
 
@@ -15,3 +16,4 @@ def main():
 
 main.add_command(upscale_command)
 main.add_command(plan_command)
+main.add_command(qa_command)

@@ -85,7 +85,7 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
     chosen = {key: DEFAULTS[key] if getattr(options, key) is None else getattr(options, key)
               for key in DEFAULTS}
     _check_positive(chosen)
-    models.scheduler_from_config(models.read_scheduler_config(model_dir), chosen["sampler"])
+    models.check_sampler(chosen["sampler"])  # fit to the model's schedule is checked at load
     device = models.resolve_device(options.device)
     dtype = str(models.resolve_dtype(options.dtype, device)).removeprefix("torch.")
     limits = (parse_value_range(options.value_range) if options.value_range

@@ -1,0 +1,98 @@
+"""Tiny random-initialised LDM super-resolution models for tests.
+
+Same classes and channel layout as the real CompVis/ldm-super-resolution-4x-openimages model
+(``../shared/models/ldm-super-resolution-4x.json``): a ``UNet2DModel`` taking latent (3) ++ low-res
+image (3) and predicting 3 channels, a ``VQModel`` with three levels (f = 4, 3 latent channels) and
+the model's DDIM scheduler config; only the widths are tiny. ``save_tiny_sr_model`` writes them in
+the diffusers ``LDMSuperResolutionPipeline`` layout so tests load them through the same code path as
+a real model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The real model's scheduler config (from the model card json).
+SCHEDULER_CONFIG = {
+    "beta_start": 0.0015,
+    "beta_end": 0.0155,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+}
+
+
+def tiny_unet():
+    """A UNet2DModel with the real model's channel layout (6 in, 3 out) and block types, tiny widths."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=6,
+        out_channels=3,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+        norm_num_groups=8,
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+        mid_block_scale_factor=1,
+        norm_eps=1e-5,
+        time_embedding_type="positional",
+        center_input_sample=False,
+    )
+
+
+def tiny_vqvae():
+    """A VQModel with three levels (f = 4), 3 latent channels and 3 image channels, tiny widths."""
+    from diffusers import VQModel
+
+    return VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=3,
+        sample_size=32,
+        num_vq_embeddings=64,
+        norm_num_groups=8,
+        vq_embed_dim=None,
+    )
+
+
+def tiny_scheduler():
+    from diffusers.schedulers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def save_tiny_sr_model(path, seed: int = 0, safetensors: bool = True) -> Path:
+    """Build the tiny models with ``torch.manual_seed(seed)`` and save them under ``path`` in the
+    LDMSuperResolutionPipeline layout (model_index.json, unet/, vqvae/, scheduler/).
+    ``safetensors=False`` saves pickle weights (``diffusion_pytorch_model.bin``)."""
+    import diffusers
+    import torch
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tiny_unet().save_pretrained(path / "unet", safe_serialization=safetensors)
+    tiny_vqvae().save_pretrained(path / "vqvae", safe_serialization=safetensors)
+    tiny_scheduler().save_pretrained(path / "scheduler")
+    model_index = {
+        "_class_name": "LDMSuperResolutionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+        "vqvae": ["diffusers", "VQModel"],
+    }
+    (path / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    return path
