@@ -125,7 +125,9 @@ def _make_task(plan: Plan, store: Workdir, reader: SourceReader, runtime: Runtim
     if plan.is_classical:
         return classical.ClassicalUpscaleTask(plan, store, reader), workers or cores
     model = superres.ModelRunner.load(plan, runtime)
-    workers = workers or (1 if model.device.type != "cpu" else cores)
+    # On a GPU, two threads share it: one's CPU work (reads, blending, Zarr) overlaps the other's
+    # kernels. On a CPU, one thread per core with one torch thread each.
+    workers = workers or (2 if model.device.type != "cpu" else cores)
     model.limit_threads(max(1, cores // workers))
     return superres.SuperResolutionTask(plan, store, reader, model, runtime.batch_size), workers
 
