@@ -48,6 +48,14 @@ def test_output_is_georeferenced_4x_with_nodata_kept(tmp_path, tiny_model):
     np.testing.assert_array_equal(out == 0, expected_missing)
 
 
+def test_output_chunk_size_does_not_change_a_bit(tmp_path, tiny_model):
+    """Decode windows sit on a global grid: chunks of 8 (split windows, many units) or 64 agree."""
+    src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint8")
+    small, _ = superres(src, tmp_path / "small.tif", tiny_model, chunk=8, workers=2)
+    large, _ = superres(src, tmp_path / "large.tif", tiny_model, chunk=64)
+    np.testing.assert_array_equal(small, large)
+
+
 def test_batch_size_does_not_change_a_bit(tmp_path, tiny_model):
     src = make_raster(tmp_path / "in.tif", width=40, height=33, dtype="uint8")
     one, _ = superres(src, tmp_path / "one.tif", tiny_model, batch_size=1)

@@ -1,6 +1,7 @@
 """Engine pieces shared by the tasks: the arrays of a workdir and the unit operations on them.
 
-Every unit of every stage is indexed by its region (iy, ix) and writes exactly one chunk:
+Every unit of every stage is indexed (iy, ix) on its stage's grid (regions, or output chunks) and
+writes exactly one chunk:
 - a region's result over its extent goes to its own chunk of ``regions`` (``write_extent``);
 - a core-aligned result (assembled regions, decoded pixels, or a halo-free region) goes to the
   chunk of its core in a grid-shaped array (``write_core``).
@@ -19,8 +20,8 @@ from .weights import region_profile
 
 
 def output_specs(plan: Plan) -> dict[str, dict]:
-    """The ``output`` array: the final pixels, one chunk per region core."""
-    out, chunk = plan.output, plan.grid.region * plan.scale
+    """The ``output`` array: the final pixels, one chunk per ``plan.grid.chunk`` block."""
+    out, chunk = plan.output, plan.grid.chunk * plan.scale
     return {"output": dict(shape=(out.count, out.height, out.width),
                            chunks=(out.count, min(chunk, out.height), min(chunk, out.width)),
                            dtype=out.dtype, fill_value=plan.output_fill)}
@@ -35,11 +36,11 @@ def regions_spec(plan: Plan, channels: int, scale: int) -> dict[str, dict]:
                             dtype="float32", fill_value=float("nan"))}
 
 
-def done_specs(plan: Plan, stages) -> dict[str, dict]:
-    """One ``done/<stage>`` flag array per stage, one chunk (one writer) per unit."""
-    ny, nx = plan.tile_grid().region_shape
-    return {f"done/{stage}": dict(shape=(ny, nx), chunks=(1, 1), dtype="uint8", fill_value=0)
-            for stage in stages}
+def done_specs(unit_shapes: dict[str, tuple[int, int]]) -> dict[str, dict]:
+    """One ``done/<stage>`` flag array per stage (shape: the stage's unit grid), one chunk (one
+    writer) per unit."""
+    return {f"done/{stage}": dict(shape=shape, chunks=(1, 1), dtype="uint8", fill_value=0)
+            for stage, shape in unit_shapes.items()}
 
 
 def write_core(workdir: Workdir, name: str, box: Box, values: np.ndarray):

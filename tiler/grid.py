@@ -189,6 +189,16 @@ class TileGrid:
             for ix in range(nx):
                 yield self.region_at(iy, ix)
 
+    def chunk_shape(self, chunk: int) -> tuple[int, int]:
+        """(rows, cols) of ``chunk``-sized blocks anchored at (0, 0)."""
+        return (math.ceil(self.height / chunk), math.ceil(self.width / chunk))
+
+    def chunk_box(self, index: tuple[int, int], chunk: int) -> Box:
+        """Block ``index`` of the ``chunk``-sized grid, clipped to the raster."""
+        iy, ix = index
+        return Box(Span(iy * chunk, min(self.height, (iy + 1) * chunk)),
+                   Span(ix * chunk, min(self.width, (ix + 1) * chunk)))
+
     def computed_tile_count(self) -> int:
         """Tile evaluations summed over all regions (tiles shared by two regions count twice)."""
         per_row = [len(self.rows.tiles_touching(self.rows.region_extent(j)))

@@ -46,12 +46,14 @@ class InputSpec(_Frozen):
 
 
 class GridSpec(_Frozen):
-    """Tile, overlap, region and halo sizes in latent px (for classical models: input px)."""
+    """Tile, overlap, region and halo sizes in latent px (for classical models: input px); chunk is
+    the block of the latent grid behind one output chunk (the unit of assembly, decoding, export)."""
 
     tile: int
     overlap: int
     region: int
     halo: int
+    chunk: int
 
 
 class OutputSpec(_Frozen):
@@ -134,6 +136,7 @@ class Plan(_Frozen):
             "overlap": self.grid.overlap,
             "region": self.grid.region,
             "halo": self.grid.halo,
+            "chunk": self.grid.chunk,
             "tiles": grid.tile_count,
             "tiles_computed": grid.computed_tile_count(),
             "regions": ny * nx,
@@ -175,13 +178,13 @@ def _canonical_json(data) -> str:
 
 def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands: tuple[int, ...],
                output: Path, output_format: OutputFormat, creation_options: dict[str, str],
-               tile: int, overlap: int, region: int, halo: int,
+               tile: int, overlap: int, region: int, halo: int, chunk: int,
                diffusion: DiffusionSpec | None = None) -> Plan:
     transform = (tuple(output_transform(info.affine, scale))[:6] if info.georeferenced else None)
     return Plan(
         model=model, scale=scale, bands=bands, context=context,
         input=InputSpec.from_info(info),
-        grid=GridSpec(tile=tile, overlap=overlap, region=region, halo=halo),
+        grid=GridSpec(tile=tile, overlap=overlap, region=region, halo=halo, chunk=chunk),
         output=OutputSpec(path=str(output.absolute()), format=output_format,
                           creation_options=creation_options, dtype=info.dtype, nodata=info.nodata,
                           width=info.width * scale, height=info.height * scale, count=len(bands),

@@ -65,7 +65,10 @@ def denoise_canvas(unet_call, scheduler, condition: torch.Tensor, canvas: Box, t
     ``scheduler`` is a fresh scheduler owned by this canvas. Returns the latent (C, h, w), float32.
     """
     device = condition.device
-    scheduler.set_timesteps(options.steps, device=device)
+    # Timesteps stay on the host for the scheduler's arithmetic (scalars, no GPU sync inside the
+    # loop); the UNet gets them from one copy made on the device before the loop.
+    scheduler.set_timesteps(options.steps)
+    device_timesteps = scheduler.timesteps.to(device)
     slices = tile_slices(tiles, canvas)
     weights, inverse_total = fusion_weights(tiles, canvas, options.overlap, device)
     condition_tiles = torch.stack([condition[:, rows, cols] for rows, cols in slices])
@@ -80,7 +83,7 @@ def denoise_canvas(unet_call, scheduler, condition: torch.Tensor, canvas: Box, t
             batch = slices[start:start + options.batch_size]
             inputs = torch.cat([torch.stack([model_input[:, r, c] for r, c in batch]),
                                 condition_tiles[start:start + len(batch)]], dim=1)
-            noise_pred = unet_call(inputs, timestep).float()
+            noise_pred = unet_call(inputs, device_timesteps[index]).float()
             for (rows, cols), prediction in zip(batch, noise_pred):
                 fused[:, rows, cols] += prediction * weights
         fused *= inverse_total

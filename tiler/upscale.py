@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ log = logging.getLogger("tiler")
 
 # Classical kernels are exact per tile (context reads), so tiles need no overlap and regions no
 # halo; the sizes only trade per-tile overhead against the cost of the resampling matmuls.
-CLASSICAL_DEFAULTS = dict(tile=128, overlap=0, region=256, halo=0)
+CLASSICAL_DEFAULTS = dict(tile=128, overlap=0, region=256, halo=0)  # chunk = region
 OUTPUT_SUFFIX = {"GTiff": ".tif", "COG": ".tif", "Zarr": ".zarr"}
 
 
@@ -38,7 +39,7 @@ def plan_upscale(input_path, output_path=None, *, model: str = DEFAULT_SR_MODEL,
                  scale: int | None = None, bands: str | None = None, output_format: str | None = None,
                  creation_overrides: dict[str, str] | None = None, tile: int | None = None,
                  overlap: int | None = None, region: int | None = None, halo: int | None = None,
-                 diffusion: DiffusionOptions | None = None) -> Plan:
+                 chunk: int | None = None, diffusion: DiffusionOptions | None = None) -> Plan:
     """Describe the input and work out the whole run, without touching any output or loading
     model weights."""
     info = describe(input_path)
@@ -47,8 +48,10 @@ def plan_upscale(input_path, output_path=None, *, model: str = DEFAULT_SR_MODEL,
         scale = scale or 4
         context, spec, defaults = ClassicalUpscaler(model, scale).context, None, CLASSICAL_DEFAULTS
         sizes = _grid_sizes(defaults, tile, overlap, region, halo)
+        sizes["chunk"] = sizes["region"]  # a halo-free region writes its core as one output chunk
     else:
         sizes = _grid_sizes(superres.GRID_DEFAULTS, tile, overlap, region, halo)
+        sizes["chunk"] = chunk or superres.GRID_DEFAULTS["chunk"]
         spec, scale = superres.diffusion_spec(model, info, band_list, scale, sizes["tile"],
                                               diffusion or DiffusionOptions())
         context = 0
@@ -133,8 +136,8 @@ def _make_task(plan: Plan, store: Workdir, reader: SourceReader, runtime: Runtim
 
 
 def _run_stages(store: Workdir, task, workers: int, progress: bool, overwrite: bool) -> list[StageReport]:
-    ny, nx = store.plan.tile_grid().region_shape
     final = task.stages[-1]
+    ny, nx = task.unit_shapes[final]  # the final stage's units are the output chunks
     pending_final = set(store.pending(final))
     gate = Gate(ready=[(iy, ix) for iy in range(ny) for ix in range(nx) if (iy, ix) not in pending_final])
     exporter = Background(lambda: export(store, progress, overwrite, wait_for=gate.wait), "tiler-export")
@@ -143,7 +146,8 @@ def _run_stages(store: Workdir, task, workers: int, progress: bool, overwrite: b
     try:
         with threadpool_limits(limits=1):  # one BLAS thread per worker thread
             for name in task.stages:
-                reports.append(run_stage(name, ny * nx, store.pending(name), getattr(task, name),
+                total = math.prod(task.unit_shapes[name])
+                reports.append(run_stage(name, total, store.pending(name), getattr(task, name),
                                          workers, progress, gate.open if name == final else None))
     except BaseException as exc:
         gate.fail(exc)

@@ -22,11 +22,16 @@ def stages(plan: Plan) -> tuple[str, ...]:
     return ("process", "assemble") if plan.grid.halo > 0 else ("process",)
 
 
+def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """Every stage's units are the regions (output chunks are region cores here)."""
+    return {stage: plan.tile_grid().region_shape for stage in stages(plan)}
+
+
 def array_specs(plan: Plan) -> dict[str, dict]:
     specs = engine.output_specs(plan)
     if plan.grid.halo > 0:
         specs.update(engine.regions_spec(plan, plan.output.count, plan.scale))
-    specs.update(engine.done_specs(plan, stages(plan)))
+    specs.update(engine.done_specs(unit_shapes(plan)))
     return specs
 
 
@@ -38,6 +43,7 @@ class ClassicalUpscaleTask:
         self.grid = plan.tile_grid()
         self.upscaler = ClassicalUpscaler(plan.model, plan.scale)
         self.stages = stages(plan)
+        self.unit_shapes = unit_shapes(plan)
 
     def process(self, index):
         region = self.grid.region_at(*index)

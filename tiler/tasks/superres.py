@@ -56,7 +56,9 @@ class DiffusionOptions:
 # keep the UNet efficient; an overlap of 16 blends tiles over 64 output px; regions of 1024 with a
 # halo of 32 keep the computed area within about 1.9x the raster (region 512 and overlap 32 gave
 # 2.6x); decode windows of 128 + 2 x 16 cost 1.56x a halo-free decode (+32: 2.25x).
-GRID_DEFAULTS = dict(tile=128, overlap=16, region=1024, halo=32)
+# Output chunks of 256 latent px (1024 output px) are the unit of decoding: small enough that two
+# threads keep the GPU busy while one does a chunk's CPU work.
+GRID_DEFAULTS = dict(tile=128, overlap=16, region=1024, halo=32, chunk=256)
 DEFAULTS = dict(steps=50, eta=0.0, seed=0, sampler="ddim", decode_tile=128, decode_halo=16)
 
 
@@ -116,15 +118,22 @@ def _weights_identity(files) -> tuple[tuple[str, int, int], ...]:
 
 def array_specs(plan: Plan) -> dict[str, dict]:
     channels = plan.diffusion.latent_channels
-    region = plan.grid.region
+    chunk = plan.grid.chunk
     height, width = plan.input.height, plan.input.width
     specs = engine.output_specs(plan)
     specs.update(engine.regions_spec(plan, channels, scale=1))
     specs["latent"] = dict(shape=(channels, height, width),
-                           chunks=(channels, min(region, height), min(region, width)),
+                           chunks=(channels, min(chunk, height), min(chunk, width)),
                            dtype="float32", fill_value=float("nan"))
-    specs.update(engine.done_specs(plan, STAGES))
+    specs.update(engine.done_specs(unit_shapes(plan)))
     return specs
+
+
+def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """denoise: one unit per region; assemble and decode: one per output chunk."""
+    grid = plan.tile_grid()
+    chunks = grid.chunk_shape(plan.grid.chunk)
+    return {"denoise": grid.region_shape, "assemble": chunks, "decode": chunks}
 
 
 class SuperResolutionTask:
@@ -139,6 +148,7 @@ class SuperResolutionTask:
         self.reader = reader
         self.model = model
         self.grid = plan.tile_grid()
+        self.unit_shapes = unit_shapes(plan)
         from ..sample import SamplingOptions
 
         spec = plan.diffusion
@@ -164,13 +174,13 @@ class SuperResolutionTask:
         self.store.mark_done("denoise", index)
 
     def assemble(self, index):
-        core = self.grid.region_at(*index).core
+        core = self.grid.chunk_box(index, self.plan.grid.chunk)
         values, _ = engine.blend_regions(self.store, self.grid, core, 1, self.plan.diffusion.latent_channels)
         engine.write_core(self.store, "latent", core, values.astype(np.float32))
         self.store.mark_done("assemble", index)
 
     def decode(self, index):
-        core = self.grid.region_at(*index).core
+        core = self.grid.chunk_box(index, self.plan.grid.chunk)
         spec, scale = self.plan.diffusion, self.plan.scale
         pixels = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
                               spec.decode_halo, scale, self.model.image_channels)
@@ -194,7 +204,7 @@ class SuperResolutionTask:
 
     def denormalise(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded [-1, 1] pixels back to raster units; one band = the mean of the channels."""
-        values = (pixels.astype(np.float64) + 1) / 2 * (self.high - self.low) + self.low
+        values = (pixels + np.float32(1)) * np.float32((self.high - self.low) / 2) + np.float32(self.low)
         if len(self.plan.bands) == 1:
             values = values.mean(axis=0, keepdims=True)
         return values
