@@ -20,21 +20,24 @@ class Blender:
         self.canvas = canvas
         self.disjoint = disjoint
         shape = (bands, *canvas.shape)
-        if disjoint:
-            self.values = np.zeros(shape, dtype=np.float32)
+        if disjoint:  # every px is placed, or left invalid: values need no zeroing
+            self.values = np.empty(shape, dtype=np.float32)
             self.valid = np.zeros(shape, dtype=bool)
         else:
             self.total = np.zeros(shape, dtype=np.float64)
             self.weight = np.zeros(shape, dtype=np.float64)
 
     def add(self, box: Box, values: np.ndarray, valid: np.ndarray, weights: np.ndarray | None):
-        """Add ``values`` (bands, h, w) covering ``box``; the part outside the canvas is dropped."""
+        """Add ``values`` (bands, h, w) covering ``box``; the part outside the canvas is dropped.
+        ``valid`` has the values' shape or broadcasts to it."""
         inner = box.intersection(self.canvas)
         if inner is None:
             return
         src = inner.relative_to(box)
         dst = inner.relative_to(self.canvas)
-        values, valid = values[:, src[0], src[1]], valid[:, src[0], src[1]]
+        if valid.shape[1:] == values.shape[1:]:  # else a broadcastable all-True
+            valid = valid[:, src[0], src[1]]
+        values = values[:, src[0], src[1]]
         if self.disjoint:
             self.values[:, dst[0], dst[1]] = values
             self.valid[:, dst[0], dst[1]] = valid

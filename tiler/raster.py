@@ -161,12 +161,13 @@ def valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
 
 
 def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Blended float values to ``dtype``: integers rounded to nearest and clipped to the range."""
+    """Blended float values to ``dtype``: integers rounded to nearest and clipped to the range.
+    Overwrites ``values`` (a temporary of the caller's) to save a pass over memory."""
     target = np.dtype(dtype)
     if np.issubdtype(target, np.integer):
         limits = np.iinfo(target)
-        work = np.clip(values, limits.min, limits.max)
-        return np.rint(work, out=work).astype(target)
+        np.clip(values, limits.min, limits.max, out=values)
+        return np.rint(values, out=values).astype(target)
     if target == np.float32:
         limits = np.finfo(np.float32)
         return np.clip(values, limits.min, limits.max).astype(target)
@@ -174,7 +175,8 @@ def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def to_pixels(values: np.ndarray, valid: np.ndarray, dtype: str, fill: float) -> np.ndarray:
-    """Blended values to output pixels: valid ones converted to ``dtype``, the others ``fill``."""
+    """Blended values to output pixels: valid ones converted to ``dtype``, the others ``fill``.
+    Overwrites ``values``."""
     if valid.all():
         return to_dtype(values, dtype)
     pixels = to_dtype(np.where(valid, values, 0), dtype)

@@ -86,19 +86,24 @@ class ClassicalUpscaler:
         return self.kernel.context
 
     def upscale(self, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(bands, h + 2c, w + 2c) pixels and validity -> (bands, h*s, w*s) float32 values and validity."""
+        """(bands, h + 2c, w + 2c) pixels and validity -> (bands, h*s, w*s) float32 values and
+        validity (an array that broadcasts to the values' shape)."""
         c, s = self.context, self.scale
-        core_valid = valid[:, c:valid.shape[1] - c, c:valid.shape[2] - c]
-        valid_out = np.repeat(np.repeat(core_valid, s, axis=1), s, axis=2)
+        all_valid = bool(valid.all())
+        if all_valid:  # the common case: a broadcastable True instead of an upsampled mask
+            valid_out = np.ones((1, 1, 1), dtype=bool)
+        else:
+            core_valid = valid[:, c:valid.shape[1] - c, c:valid.shape[2] - c]
+            valid_out = np.repeat(np.repeat(core_valid, s, axis=1), s, axis=2)
         if self.kernel.function is None:
             core = pixels[:, c:pixels.shape[1] - c, c:pixels.shape[2] - c]
             values = np.repeat(np.repeat(core, s, axis=1), s, axis=2).astype(np.float32)
             return values, valid_out
         rows = resampling_matrix(self.kernel.name, pixels.shape[1] - 2 * c, s)
         cols = resampling_matrix(self.kernel.name, pixels.shape[2] - 2 * c, s)
-        data = np.where(valid, pixels, 0).astype(np.float32)
+        data = pixels.astype(np.float32) if all_valid else np.where(valid, pixels, 0).astype(np.float32)
         values = rows @ data @ cols.T
-        if not valid.all():
+        if not all_valid:
             weight = rows @ valid.astype(np.float32) @ cols.T
             values /= np.maximum(weight, 1e-6)
         return values, valid_out

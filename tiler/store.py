@@ -21,6 +21,9 @@ from .plan import Plan, plan_from_json
 MARKER = "tiler_workdir"
 # Intermediate arrays are written once and read once: fast compression beats small files.
 FAST_ZSTD = {"name": "zstd", "configuration": {"level": 1}}
+# Zarr by default compares each chunk with the fill value to skip storing empty ones: a full pass
+# over every chunk on Zarr's single I/O thread, for no gain here (and completion flags are 0 or 1).
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 class Workdir:
@@ -102,7 +105,7 @@ class Workdir:
     # --- arrays --------------------------------------------------------------------------------
     def _create_arrays(self):
         for name, spec in self.specs.items():
-            self.group.create_array(name, compressors=FAST_ZSTD, **spec)
+            self.group.create_array(name, compressors=FAST_ZSTD, config=WRITE_EVERY_CHUNK, **spec)
 
     def _check_arrays(self):
         for name, spec in self.specs.items():

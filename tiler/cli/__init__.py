@@ -1,6 +1,12 @@
 """The ``tiler`` command: thin Click commands over the library."""
 
+import os
+
 import click
+
+# GDAL's block cache defaults to 5% of RAM; tiler reads and writes block by block, so a bounded cache
+# keeps peak memory flat whatever the machine (the user's GDAL_CACHEMAX, in MB, wins).
+os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 from .. import __version__
 from .plan import plan_command
