@@ -22,27 +22,18 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
-class InputSpec(_Frozen):
-    path: str
+class InputSpec(RasterInfo):
+    """The input raster, with its absolute path and the file's identity (a changed file
+    invalidates a workdir)."""
+
     size_bytes: int
     mtime_ns: int
-    width: int
-    height: int
-    count: int
-    dtype: str
-    nodata: float | None
-    crs_wkt: str | None
-    transform: tuple[float, float, float, float, float, float]
-    georeferenced: bool
-    descriptions: tuple[str | None, ...]
 
     @classmethod
     def from_info(cls, info: RasterInfo) -> "InputSpec":
         stat = os.stat(info.path)
-        return cls(path=os.path.abspath(info.path), size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                   **{k: getattr(info, k) for k in ("width", "height", "count", "dtype", "nodata",
-                                                    "crs_wkt", "transform", "georeferenced",
-                                                    "descriptions")})
+        return cls(**(info.model_dump() | dict(path=os.path.abspath(info.path))),
+                   size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 class GridSpec(_Frozen):

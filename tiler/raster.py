@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from affine import Affine
+from pydantic import BaseModel, ConfigDict
 
 from .errors import BadParameter, InputError
 from .grid import Box
@@ -18,9 +18,10 @@ from .grid import Box
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
-@dataclass(frozen=True)
-class RasterInfo:
-    """What a run needs to know about its input raster."""
+class RasterInfo(BaseModel):
+    """What a run needs to know about its input raster (the plan's InputSpec extends it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     path: str
     width: int
@@ -29,7 +30,7 @@ class RasterInfo:
     dtype: str
     nodata: float | None
     crs_wkt: str | None
-    transform: tuple[float, ...]
+    transform: tuple[float, float, float, float, float, float]
     georeferenced: bool
     descriptions: tuple[str | None, ...]
 
