@@ -19,6 +19,7 @@ setup(
         "diffusers>=0.30",
         "huggingface_hub>=0.25",
         "safetensors>=0.4",
+        "scipy>=1.10",  # diffusers' LMS sampler
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["tiler=tiler.cli:main"]},
