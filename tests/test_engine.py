@@ -194,3 +194,19 @@ def test_workdir_is_removed_after_success_unless_kept(tmp_path):
     assert not (tmp_path / "a.tif.tiler").exists()
     upscale(src, tmp_path / "b.tif", model="nearest", keep_workdir=True)
     assert (tmp_path / "b.tif.tiler" / "zarr.json").is_file()
+
+
+def test_a_kept_workdir_serves_another_output_format_without_recomputing(tmp_path):
+    import zarr
+
+    src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint16")
+    workdir = tmp_path / "work"
+    first = run_upscale(plan_upscale(src, tmp_path / "a.tif", model="bicubic", region=16),
+                        workdir=workdir, keep_workdir=True)
+    second = run_upscale(plan_upscale(src, tmp_path / "b.zarr", model="bicubic", region=16),
+                         workdir=workdir)
+    assert first.stages[0].computed == first.stages[0].total > 1
+    assert second.resumed and second.stages[0].computed == 0
+    data = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["data"][:]
+    np.testing.assert_array_equal(data, read_raster(tmp_path / "a.tif")[0])
+    assert not workdir.exists()
