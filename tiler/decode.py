@@ -5,8 +5,9 @@ Each tile is decoded from a window grown by ``halo`` latent px on every side (re
 raster edge) and only its core is kept, so every output px comes from exactly one decode and no
 window is decoded twice. The SR decoder has a global attention in its mid block, so a window's
 result differs from a whole-canvas decode, most near its edges; the halo keeps the core's error
-small (``benchmarks/decode_halo.py`` measures it against the halo). The windows of a chunk and
-their batches depend only on the plan, never on --batch-size, so results are fixed.
+small (``benchmarks/superres_gpu.py`` measures it against the halo). The windows of a chunk depend
+only on the plan; how many are decoded per call is the device's choice (the decoder is made batch
+invariant on CPU).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from .grid import Box, Span
-
-DECODE_BATCH = 4  # decode windows per call: fixed, so that results never depend on tuning
 
 
 def decode_tiles(core: Box, tile: int) -> list[Box]:
@@ -27,7 +26,7 @@ def decode_tiles(core: Box, tile: int) -> list[Box]:
 
 
 def decode_chunk(decode_batch, read_latent, core: Box, tile: int, halo: int, scale: int,
-                 channels: int) -> np.ndarray:
+                 channels: int, batch_size: int = 4) -> np.ndarray:
     """Pixels (channels, h*scale, w*scale) of latent box ``core``.
 
     ``read_latent(box) -> (C, h, w) float32`` reads the blended latent (reflected past the edges);
@@ -35,8 +34,8 @@ def decode_chunk(decode_batch, read_latent, core: Box, tile: int, halo: int, sca
     Windows have one shape (tile + 2 * halo) wherever they fall, like UNet tiles."""
     pixels = np.empty((channels, core.y.size * scale, core.x.size * scale), dtype=np.float32)
     tiles = decode_tiles(core, tile)
-    for start in range(0, len(tiles), DECODE_BATCH):
-        batch = tiles[start:start + DECODE_BATCH]
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start:start + batch_size]
         windows = [_window(piece, tile, halo) for piece in batch]
         decoded = decode_batch(np.stack([read_latent(window) for window in windows]))
         for piece, window, values in zip(batch, windows, decoded):

@@ -183,7 +183,8 @@ class SuperResolutionTask:
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
         spec, scale = self.plan.diffusion, self.plan.scale
         pixels = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
-                              spec.decode_halo, scale, self.model.image_channels)
+                              spec.decode_halo, scale, self.model.image_channels,
+                              self.model.decode_batch_size)
         values = self.denormalise(pixels)
         valid = self.output_validity(core)
         engine.write_core(self.store, "output", core.scale(scale),
@@ -242,6 +243,7 @@ class ModelRunner:
         self.unet = torch.compile(model.unet) if compile else model.unet
         self.vq_decode = torch.compile(model.vqvae.decode) if compile else model.vqvae.decode
         self.default_batch_size = 16 if self.device.type == "cuda" else 4
+        self.decode_batch_size = 16 if self.device.type == "cuda" else 4  # windows per decode call
 
     @classmethod
     def load(cls, plan: Plan, runtime: RuntimeOptions) -> "ModelRunner":
