@@ -210,3 +210,12 @@ def test_a_kept_workdir_serves_another_output_format_without_recomputing(tmp_pat
     data = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["data"][:]
     np.testing.assert_array_equal(data, read_raster(tmp_path / "a.tif")[0])
     assert not workdir.exists()
+
+
+def test_an_empty_folder_given_as_workdir_is_emptied_not_deleted(tmp_path):
+    src = make_raster(tmp_path / "in.tif")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    run_upscale(plan_upscale(src, tmp_path / "out.tif", model="nearest"), workdir=folder)
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert (tmp_path / "out.tif").is_file()

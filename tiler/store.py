@@ -43,7 +43,7 @@ class Workdir:
         Returns (workdir, resumed). A workdir with another plan, or a corrupt one, is replaced only
         with ``overwrite``; a folder that is not a tiler workdir is never deleted."""
         path = Path(path)
-        if path.exists() and not _is_empty_dir(path):
+        if path.exists() and not is_empty_dir(path):
             held = cls._read_plan(path)
             if held is not None and held.fingerprint == plan.fingerprint:
                 try:
@@ -136,7 +136,7 @@ class Workdir:
             self.group[f"done/{stage}"][iy:iy + 1, ix:ix + 1] = 1
 
 
-def _is_empty_dir(path: Path) -> bool:
+def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
@@ -144,8 +144,11 @@ def is_workdir(path: Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def remove_workdir(path: Path):
-    """Delete a tiler workdir (and only a tiler workdir)."""
+def remove_workdir(path: Path, keep_folder: bool = False):
+    """Delete a tiler workdir (and only a tiler workdir); ``keep_folder`` empties it instead (for a
+    folder the user made and handed over empty)."""
     if not is_workdir(path):
         raise WorkdirError(f"{path}: refusing to delete a folder that is not a tiler workdir")
     shutil.rmtree(path)
+    if keep_folder:
+        path.mkdir()

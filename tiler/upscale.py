@@ -17,7 +17,7 @@ from .export import creation_options, export, format_for
 from .plan import Plan, build_plan
 from .raster import SourceReader, check_output_folder, describe, parse_bands
 from .resample import ClassicalUpscaler, KERNELS
-from .store import Workdir, remove_workdir
+from .store import Workdir, is_empty_dir, remove_workdir
 from .models import DEFAULT_SR_MODEL
 from .tasks import classical, superres
 from .tasks.superres import DiffusionOptions, RuntimeOptions
@@ -105,6 +105,7 @@ def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = Fa
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     runtime = runtime or RuntimeOptions()
     workdir_path = Path(workdir) if workdir else default_workdir(plan)
+    given_empty = is_empty_dir(workdir_path)  # the user's own empty folder: emptied, not deleted
     task_module = classical if plan.is_classical else superres
     store, resumed = Workdir.open_or_create(workdir_path, plan, task_module.array_specs(plan),
                                             overwrite=overwrite)
@@ -117,7 +118,7 @@ def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = Fa
     finally:
         reader.close()
     if not keep_workdir:
-        remove_workdir(workdir_path)
+        remove_workdir(workdir_path, keep_folder=given_empty)
     report.seconds = time.perf_counter() - started
     return report
 
