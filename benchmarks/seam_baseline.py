@@ -153,14 +153,12 @@ def _decode_whole(model, latent: np.ndarray, scale: int, halo: int) -> np.ndarra
     (tiler's ``decode_chunk``)."""
     from tiler.decode import decode_chunk
     from tiler.grid import Box, Span
-    from tiler.raster import reflect_indices
+    from tiler.raster import read_reflected
 
     height, width = latent.shape[1:]
 
     def read_latent(box):
-        rows = reflect_indices(box.y.start, box.y.stop, height)
-        cols = reflect_indices(box.x.start, box.x.stop, width)
-        return latent[:, rows[:, None], cols[None, :]]
+        return read_reflected(lambda rows, cols: latent[:, rows, cols], box, height, width)
 
     core = Box(Span(0, height), Span(0, width))
     return decode_chunk(model.decode_latents, read_latent, core, max(height, width), halo, scale,

@@ -160,7 +160,7 @@ def decode_error(model_dir: Path, device: str, latent: int, tile: int, halos, ba
 
     from tiler.decode import decode_chunk
     from tiler.grid import Box, Span
-    from tiler.raster import reflect_indices
+    from tiler.raster import read_reflected
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     vq = VQModel.from_pretrained(model_dir / "vqvae", torch_dtype=dtype).to(device).eval()
@@ -173,9 +173,7 @@ def decode_error(model_dir: Path, device: str, latent: int, tile: int, halos, ba
     z = z.cpu().numpy()[0]
 
     def read_latent(box):
-        rows = reflect_indices(box.y.start, box.y.stop, latent)
-        cols = reflect_indices(box.x.start, box.x.stop, latent)
-        return z[:, rows[:, None], cols[None, :]]
+        return read_reflected(lambda rows, cols: z[:, rows, cols], box, latent, latent)
 
     def decode_batch(latents):
         with torch.inference_mode():

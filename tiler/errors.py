@@ -2,6 +2,12 @@
 message on one line and exits with ``exit_code``."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message on one line (its first), or its class name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class TilerError(Exception):
     """A run was refused or failed for a reason the user can act on (exit 1)."""
 

@@ -23,10 +23,6 @@ class StageReport:
     computed: int = 0
     seconds: float = 0.0
 
-    @property
-    def reused(self) -> int:
-        return self.total - self.computed
-
 
 def run_stage(name: str, total: int, pending: Sequence[Hashable], work: Callable[[Hashable], None],
               workers: int, progress: bool, on_done: Callable[[Hashable], None] | None = None

@@ -29,9 +29,6 @@ class Span:
     def size(self) -> int:
         return self.stop - self.start
 
-    def shift(self, offset: int) -> "Span":
-        return Span(self.start + offset, self.stop + offset)
-
     def scale(self, factor: int) -> "Span":
         return Span(self.start * factor, self.stop * factor)
 

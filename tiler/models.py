@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from tiler.errors import BadParameter, TilerError
+from .errors import BadParameter, TilerError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -131,7 +131,7 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns)
     except hub_errors.HFValidationError as error:
-        raise BadParameter("--model", f"{repo_id!r} is not a valid hub id ({_first_line(error)}); "
+        raise BadParameter("--model", f"{repo_id!r} is not a valid hub id ({first_line(error)}); "
                            f"{MODEL_ACCEPTED}") from error
     except hub_errors.GatedRepoError as error:
         raise ModelError(f"model {repo_id}: gated on the Hugging Face hub; accept its conditions on "
@@ -151,10 +151,10 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
         ) from error
     except hub_errors.HfHubHTTPError as error:
         raise ModelError(f"model {repo_id}: the Hugging Face hub refused the download: "
-                         f"{_first_line(error)}") from error
+                         f"{first_line(error)}") from error
     except OSError as error:
         raise ModelError(f"model {repo_id}: cannot write to the Hugging Face cache ({cache}): "
-                         f"{_first_line(error)}") from error
+                         f"{first_line(error)}") from error
     return Path(folder)
 
 
@@ -174,10 +174,6 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
         found.extend(_optional_errors(module, *names))
     return tuple(found)
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- checking the folder ---------------------------------------------------------------------------
@@ -216,7 +212,7 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError as error:
         raise ModelError(f"{path}: missing") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: not readable JSON ({_first_line(error)})") from error
+        raise ModelError(f"{path}: not readable JSON ({first_line(error)})") from error
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -304,7 +300,7 @@ def scheduler_from_config(config: dict, sampler: str = "ddim"):
                   and hasattr(scheduler_class, "step"))
     except ImportError as error:
         raise BadParameter("--sampler", f"{sampler!r} needs a missing package: "
-                           f"{_first_line(error)}; {SAMPLERS_ACCEPTED}") from error
+                           f"{first_line(error)}; {SAMPLERS_ACCEPTED}") from error
     if not usable:
         raise BadParameter("--sampler", f"unknown sampler {sampler!r}; {SAMPLERS_ACCEPTED}")
     base_name = config.get("_class_name")
@@ -433,7 +429,7 @@ def load_sr_model(model: str, device: str = "auto", dtype: str | None = None,
                 folder, use_safetensors=weights[component].suffix == SAFETENSORS_SUFFIX,
                 torch_dtype=torch_dtype, low_cpu_mem_usage=is_accelerate_available())
         except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise ModelError(f"{folder}: cannot load a {model_class.__name__}: {_first_line(error)}") from error
+            raise ModelError(f"{folder}: cannot load a {model_class.__name__}: {first_line(error)}") from error
         module.eval().requires_grad_(False)
         module.to(torch_device)
         if torch_device.type == "cuda":

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, first_line
 from .grid import TileGrid
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class _TiffLines:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = rasterio.open(path)
         except RasterioIOError as exc:
-            raise InputError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
+            raise InputError(f"{path}: not a raster GDAL can read ({first_line(exc)})") from None
         self.width, self.height, self.count = self.ds.width, self.ds.height, self.ds.count
         self.nodata = self.ds.nodata
         self.plan_json = self.ds.tags().get(_plan_tag())
@@ -246,7 +246,7 @@ class _ZarrLines:
             group = zarr.open_group(path, mode="r")
             self.array = group["data"]
         except Exception as exc:  # zarr raises several kinds for "not a group / no such array"
-            raise InputError(f"{path}: not a Zarr output with a 'data' array ({_first_line(exc)})") from None
+            raise InputError(f"{path}: not a Zarr output with a 'data' array ({first_line(exc)})") from None
         if self.array.ndim != 3:
             raise InputError(f"{path}: Zarr array 'data' has shape {self.array.shape}; expected "
                              "(band, y, x)")
@@ -276,10 +276,6 @@ def _open(path: str):
         raise InputError(f"{path}: file is empty (0 bytes); expected a raster")
     return _TiffLines(path)
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _step_sums(strip: np.ndarray, vertical: bool, nodata) -> tuple[np.ndarray, np.ndarray]:
@@ -350,7 +346,7 @@ def _plan_of(reader, path: str):
         return plan_from_json(reader.plan_json)
     except ValidationError as exc:
         raise InputError(f"{path}: its {_plan_tag()} metadata is not a valid tiler plan "
-                         f"({exc.error_count()} errors, first: {_first_line(exc)})") from None
+                         f"({exc.error_count()} errors, first: {first_line(exc)})") from None
 
 
 def seam_report(output_path, plan: Plan | SeamGeometry | None = None, heatmap_path=None) -> SeamReport:
@@ -538,7 +534,7 @@ def write_heatmap(path, width: int, height: int, table: _SegmentTable) -> None:
                                count=3, dtype="uint8") as dst:
                 dst.write(image)
     except RasterioIOError as exc:
-        raise OutputError(f"{path}: cannot write the heat map ({_first_line(exc)})") from None
+        raise OutputError(f"{path}: cannot write the heat map ({first_line(exc)})") from None
 
 
 __all__ = ["SeamGeometry", "SeamReport", "Segment", "NotATilerOutput", "load_plan", "seam_report",

@@ -12,7 +12,7 @@ import numpy as np
 from affine import Affine
 from pydantic import BaseModel, ConfigDict
 
-from .errors import BadParameter, InputError
+from .errors import BadParameter, InputError, first_line
 from .grid import Box
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -63,7 +63,7 @@ def describe(path: str | os.PathLike) -> RasterInfo:
                 )
                 dtypes = set(ds.dtypes)
     except RasterioIOError as exc:
-        raise InputError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a raster GDAL can read ({first_line(exc)})") from None
     if info.width == 0 or info.height == 0 or info.count == 0:
         raise InputError(f"{path}: raster has size {info.width} x {info.height} with {info.count} bands; "
                          "expected at least 1 x 1 px and 1 band")
@@ -74,9 +74,6 @@ def describe(path: str | os.PathLike) -> RasterInfo:
                          f"{', '.join(SUPPORTED_DTYPES)}")
     return info
 
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def parse_bands(text: str | None, info: RasterInfo) -> tuple[int, ...]:
@@ -131,20 +128,30 @@ class SourceReader:
         """Pixels of ``box`` (bands, h, w) in the raster's dtype; outside the raster by reflection."""
         from rasterio.windows import Window
 
-        rows = reflect_indices(box.y.start, box.y.stop, self.info.height)
-        cols = reflect_indices(box.x.start, box.x.stop, self.info.width)
-        r0, r1 = int(rows.min()), int(rows.max()) + 1
-        c0, c1 = int(cols.min()), int(cols.max()) + 1
-        block = self._dataset().read(self.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
-        if _is_contiguous(rows, r0) and _is_contiguous(cols, c0):
-            return block
-        return block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
+        def read_block(rows: slice, cols: slice) -> np.ndarray:
+            window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            return self._dataset().read(self.bands, window=window)
+
+        return read_reflected(read_block, box, self.info.height, self.info.width)
 
     def close(self):
         with self._lock:
             for ds in self._handles:
                 ds.close()
             self._handles.clear()
+
+
+def read_reflected(read_block, box: Box, height: int, width: int) -> np.ndarray:
+    """``box`` of a (bands, height, width) array whose px outside it come by reflection;
+    ``read_block(rows, cols)`` reads one in-bounds block (the bounding block of what is needed)."""
+    rows = reflect_indices(box.y.start, box.y.stop, height)
+    cols = reflect_indices(box.x.start, box.x.stop, width)
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(cols.min()), int(cols.max()) + 1
+    block = read_block(slice(r0, r1), slice(c0, c1))
+    if _is_contiguous(rows, r0) and _is_contiguous(cols, c0):
+        return block
+    return block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
 
 
 def _is_contiguous(indices: np.ndarray, first: int) -> bool:

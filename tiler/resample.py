@@ -107,7 +107,3 @@ class ClassicalUpscaler:
             weight = rows @ valid.astype(np.float32) @ cols.T
             values /= np.maximum(weight, 1e-6)
         return values, valid_out
-
-
-def is_classical(name: str) -> bool:
-    return name in KERNELS

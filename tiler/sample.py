@@ -49,10 +49,11 @@ def step_kwargs(scheduler, eta: float) -> dict:
 
 def needs_step_noise(scheduler, eta: float) -> bool:
     """Whether this scheduler's step injects noise (then tiler supplies keyed ``variance_noise``)."""
-    parameters = inspect.signature(scheduler.step).parameters
-    if "variance_noise" not in parameters:
+    from .models import step_accepts_noise
+
+    if not step_accepts_noise(scheduler):
         return False
-    if "eta" in parameters:
+    if "eta" in inspect.signature(scheduler.step).parameters:
         return eta > 0
     return "sde" in str(getattr(scheduler.config, "algorithm_type", ""))
 

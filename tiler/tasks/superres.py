@@ -21,7 +21,7 @@ from ..decode import decode_chunk
 from ..grid import Box
 from ..errors import BadParameter
 from ..plan import DiffusionSpec, Plan
-from ..raster import SourceReader, reflect_indices, to_pixels, valid_mask
+from ..raster import SourceReader, read_reflected, to_pixels, valid_mask
 
 STAGES = ("denoise", "assemble", "decode")
 
@@ -219,11 +219,8 @@ class SuperResolutionTask:
     def read_latent(self, box: Box) -> np.ndarray:
         """The blended latent over ``box``, reflected past the raster edges."""
         latent = self.store.array("latent")
-        rows = reflect_indices(box.y.start, box.y.stop, self.plan.input.height)
-        cols = reflect_indices(box.x.start, box.x.stop, self.plan.input.width)
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        block = latent[:, r0:r1, c0:c1]
-        return block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
+        return read_reflected(lambda rows, cols: latent[:, rows, cols], box,
+                              self.plan.input.height, self.plan.input.width)
 
 
 class ModelRunner:
