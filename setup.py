@@ -20,7 +20,15 @@ setup(
         "huggingface_hub>=0.25",
         "safetensors>=0.4",
         "scipy>=1.10",  # diffusers' LMS sampler
+        "dask[distributed]>=2024.1",
+        "pyyaml>=6",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        "dashboard": ["bokeh>=3.1"],
+        "slurm": ["dask-jobqueue>=0.8"],
+        "pbs": ["dask-jobqueue>=0.8"],
+        "kubernetes": ["dask-kubernetes>=2024.1"],
+    },
     entry_points={"console_scripts": ["tiler=tiler.cli:main"]},
 )

@@ -63,6 +63,14 @@ def read_raster(path):
         return src.read(), src.profile
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny LDM-SR model folder (the real classes and channel layout, random weights)."""
+    from tiny_models import save_tiny_sr_model
+
+    return save_tiny_sr_model(tmp_path_factory.mktemp("models") / "tiny-sr")
+
+
 @pytest.fixture
 def raster(tmp_path):
     """Factory: raster(name, **make_raster options) -> path in tmp_path."""

@@ -19,17 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import make_raster
-from tiny_models import save_tiny_sr_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from seam_baseline import independent_tiles_feathered, synthetic_image, tiler_fused, tile_seams  # noqa: E402
 
 GEOMETRY = dict(tile=16, overlap=4, steps=3)  # latent (= input) px; stride 12
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_tiny_sr_model(tmp_path_factory.mktemp("models") / "tiny-sr")
 
 
 @pytest.fixture(autouse=True)

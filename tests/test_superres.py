@@ -14,18 +14,12 @@ from conftest import NORTH_UP, ROTATED, kill_part_way, make_raster, read_raster,
 from tiler.errors import BadParameter
 from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
 from tiler.upscale import plan_upscale, run_upscale
-from tiny_models import save_tiny_sr_model
 
 # Small geometry: several regions with halos, several overlapping tiles per region.
 GRID = dict(tile=16, overlap=4, region=24, halo=4)
 FAST = DiffusionOptions(steps=3, decode_tile=16, decode_halo=4)
 CLI_GRID = ("--tile", "16", "--overlap", "4", "--region", "24", "--halo", "4", "--steps", "3",
             "--decode-tile", "16", "--decode-halo", "4")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_tiny_sr_model(tmp_path_factory.mktemp("models") / "tiny-sr")
 
 
 def superres(src, dst, model, diffusion=FAST, batch_size=None, workers=1, **options):

@@ -34,3 +34,15 @@ class OutputError(TilerError):
 
 class WorkdirError(TilerError):
     """The workdir is foreign, corrupt, or holds a different plan."""
+
+
+class UnitFailed(TilerError):
+    """One unit of a stage (a region or an output chunk) failed; names it and the cause."""
+
+    def __init__(self, stage: str, unit_name: str, index, cause: BaseException):
+        where = f"{cause.filename}: " if isinstance(cause, OSError) and cause.filename else ""
+        reason = getattr(cause, "strerror", None) or first_line(cause)
+        if not isinstance(cause, (TilerError, OSError)):  # a bug or a library's error: say which
+            reason = f"{type(cause).__name__}: {reason}"
+        super().__init__(f"{stage} of {unit_name} {tuple(index)} failed: {where}{reason}")
+        self.exit_code = getattr(cause, "exit_code", 1)

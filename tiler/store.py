@@ -78,6 +78,15 @@ class Workdir:
             return None
 
     @classmethod
+    def open(cls, path: Path, plan: Plan, specs: dict[str, dict]) -> "Workdir":
+        """Open an existing workdir made for ``plan`` (a worker joining a run)."""
+        held = cls._read_plan(path) if is_workdir(path) else None
+        if held is None or held.fingerprint != plan.fingerprint:
+            raise WorkdirError(f"{path}: no workdir of plan {plan.fingerprint} there; is it on a "
+                               "file system every worker shares, at the same path?")
+        return cls._open(path, plan, specs)
+
+    @classmethod
     def _open(cls, path: Path, plan: Plan, specs: dict[str, dict]) -> "Workdir":
         import zarr
 
@@ -129,6 +138,10 @@ class Workdir:
     def pending(self, stage: str) -> list[tuple[int, int]]:
         done = self.group[f"done/{stage}"][:]
         return [tuple(int(i) for i in index) for index in np.argwhere(done == 0)]
+
+    def is_done(self, stage: str, index: tuple[int, int]) -> bool:
+        iy, ix = index
+        return bool(self.group[f"done/{stage}"][iy, ix])
 
     def mark_done(self, stage: str, index: tuple[int, int]):
         iy, ix = index

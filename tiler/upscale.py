@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -9,17 +10,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
-
 from .errors import BadParameter, OutputError
-from .execute import Background, Gate, StageReport, run_stage
+from .cluster import ExecutionOptions, choose_cluster, connect
+from .execute import Background, Gate, StageReport, ThreadExecutor
 from .export import creation_options, export, format_for
 from .plan import Plan, build_plan
 from .raster import SourceReader, check_output_folder, describe, parse_bands
 from .resample import ClassicalUpscaler, KERNELS
 from .store import Workdir, is_empty_dir, remove_workdir
 from .models import DEFAULT_SR_MODEL
-from .tasks import classical, superres
+from .tasks import build_task, superres, task_module
 from .tasks.superres import DiffusionOptions, RuntimeOptions
 
 log = logging.getLogger("tiler")
@@ -93,63 +93,80 @@ def default_workdir(plan: Plan) -> Path:
 
 def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = False,
                 keep_workdir: bool = False, workers: int | None = None, progress: bool = False,
-                runtime: RuntimeOptions | None = None) -> RunReport:
+                runtime: RuntimeOptions | None = None, execution: ExecutionOptions | None = None
+                ) -> RunReport:
     """Run (or resume) ``plan``: the task's stages, then export; then remove the workdir.
 
-    Export runs beside the compute stages and writes each output chunk as soon as its last stage
-    has written it, so the single writer's compression overlaps the computation."""
+    ``execution`` says where (threads here, or a Dask cluster; default from Dask's config);
+    ``workers`` is a shorthand for its worker count. Export runs beside the compute stages and
+    writes each output chunk as soon as its last stage has written it, so the single writer's
+    compression overlaps the computation."""
     started = time.perf_counter()
     output = Path(plan.output.path)
     check_output_folder(output)
     if output.exists() and not overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     runtime = runtime or RuntimeOptions()
+    execution = execution or ExecutionOptions.from_config(workers=workers)
     workdir_path = Path(workdir) if workdir else default_workdir(plan)
     given_empty = is_empty_dir(workdir_path)  # the user's own empty folder: emptied, not deleted
-    task_module = classical if plan.is_classical else superres
-    store, resumed = Workdir.open_or_create(workdir_path, plan, task_module.array_specs(plan),
+    store, resumed = Workdir.open_or_create(workdir_path, plan, task_module(plan).array_specs(plan),
                                             overwrite=overwrite)
     log.info("workdir %s (%s)", workdir_path, "resumed" if resumed else "new")
     report = RunReport(output=str(output), resumed=resumed)
-    reader = SourceReader(describe(plan.input.path), plan.bands)
-    try:
-        task, workers = _make_task(plan, store, reader, runtime, workers)
-        report.stages += _run_stages(store, task, workers, progress, overwrite)
-    finally:
-        reader.close()
+    with _executor(plan, store, runtime, execution, progress) as executor:
+        report.stages += _run_stages(store, executor, progress, overwrite)
     if not keep_workdir:
         remove_workdir(workdir_path, keep_folder=given_empty)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _make_task(plan: Plan, store: Workdir, reader: SourceReader, runtime: RuntimeOptions, workers):
-    """The task object and the number of worker threads that suits it."""
+@contextlib.contextmanager
+def _executor(plan: Plan, store: Workdir, runtime: RuntimeOptions, execution: ExecutionOptions,
+              progress: bool):
+    """Threads in this process, or a Dask executor on the cluster the options name."""
+    uses_gpu = not plan.is_classical and runtime.device != "cpu"
+    kind = choose_cluster(execution, uses_gpu)
+    if kind != "threads":
+        from .distributed import DaskExecutor
+
+        with connect(kind, execution, uses_gpu, progress) as client:
+            yield DaskExecutor(client, plan, store.path, runtime, execution.retries)
+        return
+    reader = SourceReader(describe(plan.input.path), plan.bands)
+    try:
+        yield _thread_executor(plan, store, reader, runtime, execution.workers)
+    finally:
+        reader.close()
+
+
+def _thread_executor(plan: Plan, store: Workdir, reader: SourceReader, runtime: RuntimeOptions,
+                     workers: int | None) -> ThreadExecutor:
     cores = os.cpu_count() or 1
     if plan.is_classical:
-        return classical.ClassicalUpscaleTask(plan, store, reader), workers or cores
+        return ThreadExecutor(build_task(plan, store, reader), workers or cores)
     model = superres.ModelRunner.load(plan, runtime)
     # On a GPU, two threads share it: one's CPU work (reads, blending, Zarr) overlaps the other's
     # kernels. On a CPU, one thread per core with one torch thread each.
     workers = workers or (2 if model.device.type != "cpu" else cores)
     model.limit_threads(max(1, cores // workers))
-    return superres.SuperResolutionTask(plan, store, reader, model, runtime.batch_size), workers
+    return ThreadExecutor(build_task(plan, store, reader, model, runtime.batch_size), workers)
 
 
-def _run_stages(store: Workdir, task, workers: int, progress: bool, overwrite: bool) -> list[StageReport]:
-    final = task.stages[-1]
-    ny, nx = task.unit_shapes[final]  # the final stage's units are the output chunks
+def _run_stages(store: Workdir, executor, progress: bool, overwrite: bool) -> list[StageReport]:
+    final = executor.stages[-1]
+    ny, nx = executor.unit_shapes[final]  # the final stage's units are the output chunks
     pending_final = set(store.pending(final))
     gate = Gate(ready=[(iy, ix) for iy in range(ny) for ix in range(nx) if (iy, ix) not in pending_final])
     exporter = Background(lambda: export(store, progress, overwrite, wait_for=gate.wait), "tiler-export")
     export_started = time.perf_counter()
     reports = []
     try:
-        with threadpool_limits(limits=1):  # one BLAS thread per worker thread
-            for name in task.stages:
-                total = math.prod(task.unit_shapes[name])
-                reports.append(run_stage(name, total, store.pending(name), getattr(task, name),
-                                         workers, progress, gate.open if name == final else None))
+        for name in executor.stages:
+            total = math.prod(executor.unit_shapes[name])
+            reports.append(executor.run_stage(name, total, store.pending(name), progress,
+                                              gate.open if name == final else None))
     except BaseException as exc:
         gate.fail(exc)
         _join_quietly(exporter)

@@ -75,6 +75,29 @@ def plan_kwargs(params: dict) -> dict:
     return kwargs
 
 
+def execution_options(command):
+    """Where to run; unset options come from the ``tiler`` section of Dask's config files."""
+    from ..cluster import CLUSTER_KINDS
+
+    decorators = [
+        click.option("--cluster", type=click.Choice(CLUSTER_KINDS),
+                     help="threads: this process; local: Dask worker processes here (one per GPU, "
+                          "or --workers CPU workers); slurm, pbs, kubernetes: Dask clusters "
+                          "configured in Dask's config files [auto: local with 2+ GPUs, else threads]."),
+        click.option("--scheduler", metavar="ADDRESS",
+                     help="Run on the running Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)."),
+        click.option("--workers", type=click.IntRange(min=1),
+                     help="threads: worker threads [classical: all cores; LDM: 2 per GPU, or all "
+                          "cores]; local: CPU worker processes [all cores]; slurm/pbs: jobs; "
+                          "kubernetes: pods [1]."),
+        click.option("--retries", type=click.IntRange(min=0),
+                     help="Dask: extra attempts of a failing unit before the run stops [2]."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
 def verbosity(command):
     command = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")(command)
     return click.option("-v", "--verbose", is_flag=True, help="Log details; tracebacks on errors.")(command)
@@ -86,8 +109,7 @@ def reports_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
-        if verbose:
-            logging.basicConfig(level=logging.INFO, format="tiler: %(message)s", stream=sys.stderr)
+        _log_to_stderr(verbose)
         try:
             return command(*args, **kwargs)
         except TilerError as exc:
@@ -101,6 +123,17 @@ def reports_errors(command):
             _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
 
     return wrapper
+
+
+def _log_to_stderr(verbose: bool):
+    """tiler's own log lines (not those of the libraries, e.g. Dask's) as ``tiler: message``."""
+    logger = logging.getLogger("tiler")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("tiler: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _fail(message: str, code: int, verbose: bool):

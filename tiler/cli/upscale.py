@@ -1,6 +1,6 @@
 import click
 
-from .options import plan_kwargs, reports_errors, upscale_arguments, verbosity
+from .options import execution_options, plan_kwargs, reports_errors, upscale_arguments, verbosity
 from .plan import print_plan
 
 
@@ -10,8 +10,7 @@ from .plan import print_plan
               help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler].")
 @click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or a workdir of another plan.")
-@click.option("--workers", type=click.IntRange(min=1),
-              help="Worker threads [classical: all cores; LDM: 1 per GPU, or all cores on CPU].")
+@execution_options
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="LDM: tiles per UNet call [16 on CUDA, 4 on CPU]; never changes the result.")
 @click.option("--compile", "compile_model", is_flag=True, help="LDM: torch.compile the UNet and decoder.")
@@ -19,9 +18,10 @@ from .plan import print_plan
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @verbosity
 @reports_errors
-def upscale_command(workdir, keep_workdir, overwrite, workers, batch_size, compile_model, dry_run,
+def upscale_command(workdir, keep_workdir, overwrite, cluster, scheduler, workers, retries, batch_size, compile_model, dry_run,
                     as_json, verbose, quiet, **params):
     """Upscale INPUT into OUTPUT [INPUT-STEM_x4.tif]; re-running resumes."""
+    from ..cluster import ExecutionOptions
     from ..tasks.superres import RuntimeOptions
     from ..upscale import plan_upscale, run_upscale
 
@@ -32,7 +32,9 @@ def upscale_command(workdir, keep_workdir, overwrite, workers, batch_size, compi
     runtime = RuntimeOptions(device=params["device"], batch_size=batch_size, compile=compile_model,
                              allow_pickle=params["allow_pickle"])
     report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
-                         workers=workers, progress=not quiet, runtime=runtime)
+                         progress=not quiet, runtime=runtime,
+                         execution=ExecutionOptions.from_config(cluster=cluster, scheduler=scheduler,
+                                                                workers=workers, retries=retries))
     if not quiet:
         out = plan.output
         stages = ", ".join(f"{s.name} {s.computed}/{s.total}" for s in report.stages[:-1])

@@ -22,6 +22,14 @@ def stages(plan: Plan) -> tuple[str, ...]:
     return ("process", "assemble") if plan.grid.halo > 0 else ("process",)
 
 
+# Stages that need the model on a device (none: classical kernels run anywhere).
+MODEL_STAGES: tuple[str, ...] = ()
+
+
+def unit_names(plan: Plan) -> dict[str, str]:
+    return {stage: "region" for stage in stages(plan)}
+
+
 def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
     """Every stage's units are the regions (output chunks are region cores here)."""
     return {stage: plan.tile_grid().region_shape for stage in stages(plan)}
@@ -44,6 +52,7 @@ class ClassicalUpscaleTask:
         self.upscaler = ClassicalUpscaler(plan.model, plan.scale)
         self.stages = stages(plan)
         self.unit_shapes = unit_shapes(plan)
+        self.unit_names = unit_names(plan)
 
     def process(self, index):
         region = self.grid.region_at(*index)

@@ -24,6 +24,7 @@ from ..plan import DiffusionSpec, Plan
 from ..raster import SourceReader, read_reflected, to_pixels, valid_mask
 
 STAGES = ("denoise", "assemble", "decode")
+MODEL_STAGES = ("denoise", "decode")  # stages that need the model (on a GPU where there is one)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,14 @@ def array_specs(plan: Plan) -> dict[str, dict]:
     return specs
 
 
+def stages(plan: Plan) -> tuple[str, ...]:
+    return STAGES
+
+
+def unit_names(plan: Plan) -> dict[str, str]:
+    return {"denoise": "region", "assemble": "chunk", "decode": "chunk"}
+
+
 def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
     """denoise: one unit per region; assemble and decode: one per output chunk."""
     grid = plan.tile_grid()
@@ -149,6 +158,7 @@ class SuperResolutionTask:
         self.model = model
         self.grid = plan.tile_grid()
         self.unit_shapes = unit_shapes(plan)
+        self.unit_names = unit_names(plan)
         from ..sample import SamplingOptions
 
         spec = plan.diffusion
