@@ -35,7 +35,9 @@ EXTRA_FOR = {"slurm": "slurm", "pbs": "pbs", "kubernetes": "kubernetes"}
 class ExecutionOptions(BaseModel):
     """How and where to run; never changes the output."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # YAML keys are the CLI's (connect-timeout); Python code may use the field names
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
 
     cluster: ClusterKind = "auto"
     scheduler: str | None = None  # address of a running Dask scheduler; wins over ``cluster``
@@ -49,10 +51,11 @@ class ExecutionOptions(BaseModel):
         """``given`` (None = not given) over the ``tiler`` section of Dask's configuration."""
         import dask.config
 
-        settings = dict(dask.config.get("tiler", default={}) or {})
-        settings.update({key: value for key, value in given.items() if value is not None})
+        settings = {key.replace("_", "-"): value
+                    for key, value in (dask.config.get("tiler", default={}) or {}).items()}
+        settings.update({key.replace("_", "-"): value for key, value in given.items() if value is not None})
         try:
-            return cls(**{key.replace("-", "_"): value for key, value in settings.items()})
+            return cls.model_validate(settings)
         except ValueError as exc:
             raise BadParameter("--cluster", f"bad cluster settings {settings}: "
                                f"{_first_error(exc)}") from None
@@ -167,9 +170,9 @@ def local_cluster(workers: int | None, gpus: int):
     from distributed import Nanny, Scheduler, SpecCluster
 
     if gpus:
-        count = min(workers or gpus, gpus)
-        specs = {f"gpu-{i}": worker_spec(Nanny, env={"CUDA_VISIBLE_DEVICES": str(i)},
-                                          resources={"GPU": 1}) for i in range(count)}
+        devices = visible_device_ids(gpus)[:workers or gpus]
+        specs = {f"gpu-{device}": worker_spec(Nanny, env={"CUDA_VISIBLE_DEVICES": device},
+                                               resources={"GPU": 1}) for device in devices}
     else:
         count = workers or os.cpu_count() or 1
         specs = {f"cpu-{i}": worker_spec(Nanny) for i in range(count)}
@@ -177,6 +180,15 @@ def local_cluster(workers: int | None, gpus: int):
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
         return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR,
                            name="tiler")
+
+
+def visible_device_ids(gpus: int) -> list[str]:
+    """The ids to give each worker in CUDA_VISIBLE_DEVICES: within the ones this process sees."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [part.strip() for part in visible.split(",") if part.strip()] if visible else []
+    return ids[:gpus] if ids else [str(i) for i in range(gpus)]
 
 
 def worker_spec(nanny_class, **options) -> dict:

@@ -31,9 +31,14 @@ class InputSpec(RasterInfo):
 
     @classmethod
     def from_info(cls, info: RasterInfo) -> "InputSpec":
-        stat = os.stat(info.path)
+        """The file's identity now; -1 for a file not made yet (a workflow planning ahead)."""
+        try:
+            stat = os.stat(info.path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except FileNotFoundError:
+            size = mtime = -1
         return cls(**(info.model_dump() | dict(path=os.path.abspath(info.path))),
-                   size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                   size_bytes=size, mtime_ns=mtime)
 
 
 class GridSpec(_Frozen):
@@ -104,6 +109,16 @@ class Plan(_Frozen):
         resumes the run and exports again."""
         work = self.model_dump(mode="json", exclude={"output": {"path", "format", "creation_options"}})
         return hashlib.sha256(_canonical_json(work).encode()).hexdigest()[:16]
+
+    def output_info(self) -> RasterInfo:
+        """What the output will be, described as an input (for planning the step that reads it
+        before it exists)."""
+        out = self.output
+        return RasterInfo(path=out.path, width=out.width, height=out.height, count=out.count,
+                          dtype=out.dtype, nodata=out.nodata, crs_wkt=self.input.crs_wkt,
+                          transform=out.transform or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+                          georeferenced=out.transform is not None,
+                          descriptions=tuple(self.input.descriptions[b - 1] for b in self.bands))
 
     @property
     def output_fill(self) -> float:

@@ -76,8 +76,8 @@ class ClassicalUpscaler:
         if name not in KERNELS:
             raise BadParameter("--model", f"{name!r} is not a classical model; expected one of "
                                f"{', '.join(KERNELS)}")
-        if not 2 <= scale <= 16:
-            raise BadParameter("--scale", f"{scale} is out of range; expected an integer in 2..16")
+        if not 1 <= scale <= 16:
+            raise BadParameter("--scale", f"{scale} is out of range; expected an integer in 1..16")
         self.kernel = KERNELS[name]
         self.scale = scale
 

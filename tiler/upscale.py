@@ -15,7 +15,7 @@ from .cluster import ExecutionOptions, choose_cluster, connect
 from .execute import Background, Gate, StageReport, ThreadExecutor
 from .export import creation_options, export, format_for
 from .plan import Plan, build_plan
-from .raster import SourceReader, check_output_folder, describe, parse_bands
+from .raster import RasterInfo, SourceReader, check_output_folder, describe, parse_bands
 from .resample import ClassicalUpscaler, KERNELS
 from .store import Workdir, is_empty_dir, remove_workdir
 from .models import DEFAULT_SR_MODEL
@@ -39,10 +39,12 @@ def plan_upscale(input_path, output_path=None, *, model: str = DEFAULT_SR_MODEL,
                  scale: int | None = None, bands: str | None = None, output_format: str | None = None,
                  creation_overrides: dict[str, str] | None = None, tile: int | None = None,
                  overlap: int | None = None, region: int | None = None, halo: int | None = None,
-                 chunk: int | None = None, diffusion: DiffusionOptions | None = None) -> Plan:
+                 chunk: int | None = None, diffusion: DiffusionOptions | None = None,
+                 info: RasterInfo | None = None) -> Plan:
     """Describe the input and work out the whole run, without touching any output or loading
-    model weights."""
-    info = describe(input_path)
+    model weights. ``info``: the input's description when it is not made yet (a workflow step
+    planned ahead of the step that makes it)."""
+    info = info or describe(input_path)
     band_list = parse_bands(bands, info)
     if model in KERNELS:
         scale = scale or 4
@@ -61,6 +63,21 @@ def plan_upscale(input_path, output_path=None, *, model: str = DEFAULT_SR_MODEL,
                       output=output, output_format=fmt,
                       creation_options=creation_options(info.dtype, fmt, creation_overrides or {}),
                       diffusion=spec, **sizes)
+
+
+# A copy needs no overlap or halo; large regions keep the unit count low (a 50,000 px square raster
+# is 2,500 regions) and match the output's 512 px blocks.
+EXPORT_GRID = dict(tile=512, overlap=0, region=1024, halo=0)
+
+
+def plan_export(input_path, output_path, *, bands: str | None = None, output_format: str | None = None,
+                creation_overrides: dict[str, str] | None = None, info: RasterInfo | None = None
+                ) -> Plan:
+    """Re-encode a raster (format, creation options, band selection) through the engine: a 1x
+    nearest copy, so it resumes, writes ``.partial`` and keeps georeferencing like any run."""
+    return plan_upscale(input_path, output_path, model="nearest", scale=1, bands=bands,
+                        output_format=output_format, creation_overrides=creation_overrides,
+                        info=info, **EXPORT_GRID)
 
 
 def _grid_sizes(defaults, tile, overlap, region, halo) -> dict[str, int]:
@@ -93,12 +110,13 @@ def default_workdir(plan: Plan) -> Path:
 
 def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = False,
                 keep_workdir: bool = False, workers: int | None = None, progress: bool = False,
-                runtime: RuntimeOptions | None = None, execution: ExecutionOptions | None = None
-                ) -> RunReport:
+                runtime: RuntimeOptions | None = None, execution: ExecutionOptions | None = None,
+                client=None) -> RunReport:
     """Run (or resume) ``plan``: the task's stages, then export; then remove the workdir.
 
     ``execution`` says where (threads here, or a Dask cluster; default from Dask's config);
-    ``workers`` is a shorthand for its worker count. Export runs beside the compute stages and
+    ``workers`` is a shorthand for its worker count; ``client``, a connected Dask client to run on
+    (a workflow connects once for all its runs). Export runs beside the compute stages and
     writes each output chunk as soon as its last stage has written it, so the single writer's
     compression overlaps the computation."""
     started = time.perf_counter()
@@ -114,7 +132,7 @@ def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = Fa
                                             overwrite=overwrite)
     log.info("workdir %s (%s)", workdir_path, "resumed" if resumed else "new")
     report = RunReport(output=str(output), resumed=resumed)
-    with _executor(plan, store, runtime, execution, progress) as executor:
+    with _executor(plan, store, runtime, execution, progress, client) as executor:
         report.stages += _run_stages(store, executor, progress, overwrite)
     if not keep_workdir:
         remove_workdir(workdir_path, keep_folder=given_empty)
@@ -124,15 +142,17 @@ def run_upscale(plan: Plan, *, workdir: Path | None = None, overwrite: bool = Fa
 
 @contextlib.contextmanager
 def _executor(plan: Plan, store: Workdir, runtime: RuntimeOptions, execution: ExecutionOptions,
-              progress: bool):
-    """Threads in this process, or a Dask executor on the cluster the options name."""
+              progress: bool, client=None):
+    """Threads in this process, or a Dask executor on ``client`` or the cluster the options name."""
     uses_gpu = not plan.is_classical and runtime.device != "cpu"
-    kind = choose_cluster(execution, uses_gpu)
+    kind = "client" if client is not None else choose_cluster(execution, uses_gpu)
     if kind != "threads":
         from .distributed import DaskExecutor
 
-        with connect(kind, execution, uses_gpu, progress) as client:
-            yield DaskExecutor(client, plan, store.path, runtime, execution.retries)
+        connection = (contextlib.nullcontext(client) if client is not None
+                      else connect(kind, execution, uses_gpu, progress))
+        with connection as connected:
+            yield DaskExecutor(connected, plan, store.path, runtime, execution.retries)
         return
     reader = SourceReader(describe(plan.input.path), plan.bands)
     try:

@@ -9,8 +9,10 @@ import click
 os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 from .. import __version__
+from .export import export_command
 from .plan import plan_command
 from .qa import qa_command
+from .run import run_command
 from .upscale import upscale_command
 
 
@@ -23,3 +25,5 @@ def main():
 main.add_command(upscale_command)
 main.add_command(plan_command)
 main.add_command(qa_command)
+main.add_command(export_command)
+main.add_command(run_command)

@@ -21,16 +21,15 @@ def parse_creation_options(ctx, param, values) -> dict[str, str]:
     return options
 
 
-def upscale_arguments(command):
-    """INPUT [OUTPUT] and the options that shape the plan (shared by upscale and plan)."""
-    decorators = [
-        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)),
-        click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
-        click.option("--model", default="CompVis/ldm-super-resolution-4x-openimages", show_default=True,
-                     help="LDM super-resolution model (hub id or local diffusers folder), or a "
-                          "classical model: nearest, bicubic, lanczos."),
-        click.option("--scale", type=int,
-                     help="Upscaling factor (classical models; default 4). LDM models fix their own."),
+def apply(command, decorators):
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def output_options() -> list:
+    """Which bands go out, and how the output is written (upscale, export)."""
+    return [
         click.option("-b", "--bidx", "bands", metavar="LIST",
                      help="Bands to process, 1-based, comma-separated (e.g. 3,2,1). Default: all."),
         click.option("--format", "output_format", type=click.Choice(["GTiff", "COG", "Zarr"]),
@@ -38,6 +37,31 @@ def upscale_arguments(command):
         click.option("--co", "creation_options", multiple=True, metavar="NAME=VALUE",
                      callback=parse_creation_options,
                      help="Driver creation option (repeatable), e.g. --co COMPRESS=ZSTD."),
+    ]
+
+
+def run_options(command):
+    """The workdir and what may be replaced (every command that writes an output)."""
+    return apply(command, [
+        click.option("--workdir", type=click.Path(file_okay=False),
+                     help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler]."),
+        click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an existing OUTPUT or a workdir of another plan."),
+    ])
+
+
+def upscale_arguments(command):
+    """INPUT [OUTPUT] and the options that shape the plan (shared by upscale and plan)."""
+    return apply(command, [
+        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)),
+        click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
+        click.option("--model", default="CompVis/ldm-super-resolution-4x-openimages", show_default=True,
+                     help="LDM super-resolution model (hub id or local diffusers folder), or a "
+                          "classical model: nearest, bicubic, lanczos."),
+        click.option("--scale", type=int,
+                     help="Upscaling factor (classical models; default 4). LDM models fix their own."),
+        *output_options(),
         click.option("--tile", type=int, help="Tile size in latent px [model default]."),
         click.option("--overlap", type=int, help="Tile overlap in latent px [model default]."),
         click.option("--region", type=int, help="Region (unit of work) size in latent px [model default]."),
@@ -57,10 +81,18 @@ def upscale_arguments(command):
         click.option("--decode-halo", type=int, help="LDM: VQ decode halo in latent px [32]."),
         click.option("--allow-pickle", is_flag=True,
                      help="LDM: allow pickle (.bin) weights, which can run code when loaded."),
-    ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
+    ])
+
+
+def report_run(plan, report, quiet: bool):
+    """The one summary line after a successful run."""
+    if quiet:
+        return
+    out = plan.output
+    stages = ", ".join(f"{s.name} {s.computed}/{s.total}" for s in report.stages[:-1])
+    click.echo(f"tiler: wrote {report.output} ({out.width} x {out.height} x {out.count} "
+               f"{out.dtype}) in {report.seconds:.1f} s; computed {stages}"
+               f"{' (resumed)' if report.resumed else ''}", err=True)
 
 
 def plan_kwargs(params: dict) -> dict:
@@ -93,9 +125,7 @@ def execution_options(command):
         click.option("--retries", type=click.IntRange(min=0),
                      help="Dask: extra attempts of a failing unit before the run stops [2]."),
     ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
+    return apply(command, decorators)
 
 
 def verbosity(command):
@@ -141,5 +171,6 @@ def _fail(message: str, code: int, verbose: bool):
         import traceback
 
         traceback.print_exc()
-    click.echo(f"tiler: error: {message}", err=True)
+    for line in message.splitlines() or [message]:  # one line per problem (workflow validation)
+        click.echo(f"tiler: error: {line}", err=True)
     sys.exit(code)

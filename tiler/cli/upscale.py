@@ -1,15 +1,13 @@
 import click
 
-from .options import execution_options, plan_kwargs, reports_errors, upscale_arguments, verbosity
+from .options import (execution_options, plan_kwargs, report_run, reports_errors, run_options,
+                      upscale_arguments, verbosity)
 from .plan import print_plan
 
 
 @click.command("upscale")
 @upscale_arguments
-@click.option("--workdir", type=click.Path(file_okay=False),
-              help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler].")
-@click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or a workdir of another plan.")
+@run_options
 @execution_options
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="LDM: tiles per UNet call [16 on CUDA, 4 on CPU]; never changes the result.")
@@ -35,9 +33,4 @@ def upscale_command(workdir, keep_workdir, overwrite, cluster, scheduler, worker
                          progress=not quiet, runtime=runtime,
                          execution=ExecutionOptions.from_config(cluster=cluster, scheduler=scheduler,
                                                                 workers=workers, retries=retries))
-    if not quiet:
-        out = plan.output
-        stages = ", ".join(f"{s.name} {s.computed}/{s.total}" for s in report.stages[:-1])
-        click.echo(f"tiler: wrote {report.output} ({out.width} x {out.height} x {out.count} "
-                   f"{out.dtype}) in {report.seconds:.1f} s; computed {stages}"
-                   f"{' (resumed)' if report.resumed else ''}", err=True)
+    report_run(plan, report, quiet)

@@ -1,0 +1,263 @@
+"""``tiler run``: YAML workflows over several generated rasters with classical and tiny models;
+re-runs skip what is up to date, a changed option recomputes only the affected steps, schema errors
+name file:line and key path, a failing file does not stop the others."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import NORTH_UP, make_raster, read_raster, run_tiler, shown_lines
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "workflows").glob("*.yaml"))
+TINY_GRID = {"tile": 16, "overlap": 4, "region": 24, "halo": 4, "steps": 2, "decode-tile": 16,
+             "decode-halo": 4, "device": "cpu"}
+
+CHAIN = """\
+inputs: ["scans/*.tif"]
+defaults:
+  device: cpu
+steps:
+  - name: sr
+    task: upscale
+    model: {model}
+    tile: 16
+    overlap: 4
+    region: 24
+    halo: 4
+    steps: 2
+    decode-tile: 16
+    decode-halo: 4
+    output: "out/{{stem}}_sr.tif"
+  - name: half
+    task: upscale
+    model: nearest
+    scale: 2
+    output: "out/{{stem}}_sr_x2.tif"
+  - name: cog
+    task: export
+    format: COG
+    output: "published/{{stem}}.tif"
+"""
+
+
+def write_workflow(folder: Path, text: str, name="workflow.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def make_scans(folder: Path, count: int = 3, **options) -> list[Path]:
+    (folder / "scans").mkdir(exist_ok=True)
+    return [make_raster(folder / "scans" / f"scan{i}.tif", width=24, height=20, seed=i, **options)
+            for i in range(count)]
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*.tif")}
+
+
+def summary(result) -> str:
+    lines = shown_lines(result.stderr)
+    return next(line for line in reversed(lines) if " done, " in line)
+
+
+def test_three_step_chain_then_skip_then_only_affected_steps(tmp_path, tiny_model):
+    scans = make_scans(tmp_path)
+    workflow = write_workflow(tmp_path, CHAIN.format(model=tiny_model))
+
+    first = run_tiler("run", workflow)
+    assert first.returncode == 0, first.stderr
+    assert "3 done, 0 skipped (up to date), 0 failed, of 3 files" in summary(first)
+    for scan in scans:
+        final = tmp_path / "published" / f"{scan.stem}.tif"
+        data, profile = read_raster(final)
+        assert (profile["width"], profile["height"]) == (24 * 8, 20 * 8)
+        assert profile["transform"].almost_equals(NORTH_UP @ NORTH_UP.scale(1 / 8))
+        np.testing.assert_array_equal(data, read_raster(tmp_path / "out" / f"{scan.stem}_sr_x2.tif")[0])
+        assert not Path(f"{final}.tiler").exists() and not Path(f"{final}.partial").exists()
+    before = mtimes(tmp_path)
+
+    again = run_tiler("run", workflow)
+    assert again.returncode == 0, again.stderr
+    assert "0 done, 3 skipped (up to date), 0 failed, of 3 files" in summary(again)
+    assert mtimes(tmp_path) == before
+
+    changed = run_tiler("run", workflow, "--set", "steps.half.scale=3")
+    assert changed.returncode == 0, changed.stderr
+    after = mtimes(tmp_path)
+    for scan in scans:
+        assert after[f"out/{scan.stem}_sr.tif"] == before[f"out/{scan.stem}_sr.tif"]  # upstream kept
+        assert after[f"out/{scan.stem}_sr_x2.tif"] != before[f"out/{scan.stem}_sr_x2.tif"]
+        assert after[f"published/{scan.stem}.tif"] != before[f"published/{scan.stem}.tif"]
+        with rasterio.open(tmp_path / "published" / f"{scan.stem}.tif") as src:
+            assert (src.width, src.height) == (24 * 12, 20 * 12)
+
+
+def test_export_only_change_recomputes_only_the_export(tmp_path):
+    make_scans(tmp_path, count=2)
+    workflow = write_workflow(tmp_path, CHAIN.format(model="bicubic").replace(
+        "    tile: 16\n    overlap: 4\n    region: 24\n    halo: 4\n    steps: 2\n"
+        "    decode-tile: 16\n    decode-halo: 4\n", "    scale: 2\n"))
+    assert run_tiler("run", workflow, "-q").returncode == 0
+    before = mtimes(tmp_path)
+    result = run_tiler("run", workflow, "--set", "steps[2].co.COMPRESS=ZSTD")
+    assert result.returncode == 0, result.stderr
+    after = mtimes(tmp_path)
+    changed = sorted(name for name in after if after[name] != before[name])
+    assert changed == ["published/scan0.tif", "published/scan1.tif"]
+    with rasterio.open(tmp_path / "published" / "scan0.tif") as src:
+        assert src.compression.name.upper() == "ZSTD"
+
+
+def test_a_failing_file_is_reported_and_the_others_complete(tmp_path):
+    make_scans(tmp_path, count=3)
+    (tmp_path / "scans" / "scan1.tif").write_text("not a raster")
+    workflow = write_workflow(tmp_path, (REPO / "workflows" / "minimal.yaml").read_text())
+    result = run_tiler("run", workflow)
+    assert result.returncode == 1
+    assert "2 done, 0 skipped (up to date), 1 failed, of 3 files" in summary(result)
+    failed = [line for line in shown_lines(result.stderr) if line.startswith("tiler: failed: ")]
+    assert len(failed) == 1 and "scan1.tif" in failed[0] and "not a raster" in failed[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan0_x4.tif", "scan2_x4.tif"]
+
+    fast = run_tiler("run", workflow, "--fail-fast", "--set", "steps[0].scale=2")
+    assert fast.returncode == 1
+    assert "1 done, 0 skipped (up to date), 1 failed, of 3 files" in summary(fast)
+
+
+def test_outputs_not_written_by_tiler_are_not_replaced(tmp_path):
+    make_scans(tmp_path, count=1)
+    workflow = write_workflow(tmp_path, (REPO / "workflows" / "minimal.yaml").read_text())
+    (tmp_path / "out").mkdir()
+    foreign = tmp_path / "out" / "scan0_x4.tif"
+    foreign.write_bytes(b"someone else's file")
+    result = run_tiler("run", workflow)
+    assert result.returncode == 1
+    assert "exists and was not written by tiler; pass --overwrite" in result.stderr
+    assert foreign.read_bytes() == b"someone else's file"
+    assert run_tiler("run", workflow, "--overwrite").returncode == 0
+    assert read_raster(foreign)[1]["width"] == 96
+
+
+def test_two_files_writing_one_output_is_refused(tmp_path):
+    make_scans(tmp_path, count=2)
+    text = (REPO / "workflows" / "minimal.yaml").read_text().replace("{stem}_x4", "all_x4")
+    result = run_tiler("run", write_workflow(tmp_path, text))
+    assert result.returncode == 2
+    assert "steps[0].output" in result.stderr and "put {stem} in the output template" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+def test_examples_validate_and_dry_run(tmp_path, example, tiny_model):
+    """Each example, copied beside generated scans, dry-runs (the LDM steps with the tiny model:
+    the hub model is not on this machine); those classical or tiny models serve are then run."""
+    make_scans(tmp_path, count=2)
+    for extra in example.parent.glob("*.txt"):
+        shutil.copy(extra, tmp_path)
+    workflow = tmp_path / example.name
+    shutil.copy(example, workflow)
+    overrides = ldm_overrides(workflow, tiny_model)
+    dry = run_tiler("run", workflow, "--dry-run", *overrides)
+    assert dry.returncode == 0, dry.stderr
+    assert "total: 2 files" in dry.stdout and "would run" in dry.stdout
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    result = run_tiler("run", workflow, "-q", *overrides)
+    assert result.returncode == 0, result.stderr
+
+
+def ldm_overrides(workflow: Path, tiny_model: Path) -> list[str]:
+    """--set options pointing the workflow's LDM steps at the tiny model, with a small grid."""
+    import yaml
+
+    overrides = []
+    for index, step in enumerate(yaml.safe_load(workflow.read_text())["steps"]):
+        if step["task"] == "upscale" and step.get("model") in (None, "") or \
+                str(step.get("model", "")).startswith("CompVis/"):
+            overrides += ["--set", f"steps[{index}].model={tiny_model}"]
+            overrides += [part for key, value in TINY_GRID.items()
+                          for part in ("--set", f"steps[{index}].{key}={value}")]
+    return overrides
+
+
+# --- schema errors: file:line, key path, value, what is allowed --------------------------------------
+GOOD = """\
+inputs: ["scans/*.tif"]
+steps:
+  - name: up
+    task: upscale
+    model: nearest
+    scale: 4
+    output: "out/{stem}_x4.tif"
+"""
+
+
+@pytest.mark.parametrize("edit, line, fragments", [
+    (("    scale: 4", "    scale: 40"), 6, ["steps[0].scale", "40", "less than or equal to 16"]),
+    (("    scale: 4", "    scale: 4\n    overlapp: 2"), 7, ["steps[0].overlapp", "unknown key",
+                                                          "did you mean 'overlap'"]),
+    (("    task: upscale", "    task: upscal"), 4, ["steps[0].task", "'upscal' is not a task",
+                                                    "upscale, export"]),
+    (('"out/{stem}_x4.tif"', '"out/{stme}_x4.tif"'), 7, ["steps[0].output", "{stme}", "{stem}"]),
+    (('    output: "out/{stem}_x4.tif"\n', ""), 3, ["steps[0].output", "missing"]),
+    (("steps:", "cluster: {cluster: yarn}\nsteps:"), 2, ["cluster.cluster", "'yarn'", "'local'"]),
+    (("steps:", "defaults: {overlapp: 2}\nsteps:"), 2, ["defaults.overlapp", "did you mean 'overlap'"]),
+    (("    scale: 4", "    scale: 4\n    scale: 5"), 7, ["steps[0].scale", "duplicate key"]),
+    (("    scale: 4", "    scale: [4"), 7, ["not valid YAML"]),
+    (("inputs:", "inputz:"), 1, ["inputz", "unknown key"]),
+], ids=["value", "unknown-key", "task", "template", "missing", "cluster", "defaults", "duplicate",
+        "yaml", "top-level"])
+def test_schema_errors_name_file_line_and_key_path(tmp_path, edit, line, fragments):
+    make_scans(tmp_path, count=1)
+    workflow = write_workflow(tmp_path, GOOD.replace(*edit))
+    result = run_tiler("run", workflow)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [entry for entry in shown_lines(result.stderr) if entry.startswith("tiler: error: ")]
+    assert errors, result.stderr
+    assert errors[0].startswith(f"tiler: error: {workflow}:{line}: "), errors
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_schema_error_is_reported_at_once(tmp_path):
+    text = GOOD.replace("    scale: 4", "    scale: 0\n    tile: -1\n    colour: red")
+    result = run_tiler("run", write_workflow(tmp_path, text))
+    errors = [entry for entry in shown_lines(result.stderr) if entry.startswith("tiler: error: ")]
+    assert [re.search(r"steps\[0\]\.\w+", e).group() for e in errors] == [
+        "steps[0].scale", "steps[0].tile", "steps[0].colour"]
+
+
+def test_plan_errors_name_the_step_key(tmp_path):
+    make_scans(tmp_path, count=1)
+    workflow = write_workflow(tmp_path, GOOD.replace("    scale: 4", "    scale: 4\n    tile: 8\n    overlap: 8"))
+    result = run_tiler("run", workflow, "--dry-run")
+    assert result.returncode == 1
+    assert f"{workflow}:8: steps[0].overlap: 8 is out of range" in result.stdout
+
+
+def test_set_errors_and_steps_by_name(tmp_path):
+    make_scans(tmp_path, count=1)
+    workflow = write_workflow(tmp_path, GOOD)
+    bad = run_tiler("run", workflow, "--set", "steps.nope.scale=2")
+    assert bad.returncode == 2 and "no step named 'nope'" in bad.stderr
+    value = run_tiler("run", workflow, "--set", "steps.up.scale=zero")
+    assert value.returncode == 2 and "steps[0].scale (from --set): 'zero'" in value.stderr
+    ok = run_tiler("run", workflow, "--set", "steps.up.scale=2", "--dry-run")
+    assert ok.returncode == 0 and "nearest x2" in ok.stdout
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f"!!python/object/apply:os.system ['touch {marker}']\n"
+    result = run_tiler("run", write_workflow(tmp_path, text))
+    assert result.returncode == 2 and not marker.exists()
+    assert "not valid YAML" in result.stderr

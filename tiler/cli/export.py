@@ -1,0 +1,32 @@
+import click
+
+from .options import apply, output_options, report_run, reports_errors, run_options, verbosity
+from .plan import print_plan
+
+
+@click.command("export")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path())
+@lambda command: apply(command, output_options())
+@run_options
+@click.option("--workers", type=click.IntRange(min=1), help="Worker threads [all cores].")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@verbosity
+@reports_errors
+def export_command(input_path, output_path, bands, output_format, creation_options, workdir,
+                   keep_workdir, overwrite, workers, dry_run, as_json, verbose, quiet):
+    """Copy INPUT to OUTPUT in another format, with other creation options or bands (e.g. a COG);
+    georeferencing and nodata kept, resumable, written as OUTPUT.partial then renamed."""
+    from ..cluster import ExecutionOptions
+    from ..upscale import plan_export, run_upscale
+
+    plan = plan_export(input_path, output_path, bands=bands, output_format=output_format,
+                       creation_overrides=creation_options)
+    if dry_run:
+        print_plan(plan, as_json)
+        return
+    report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
+                         progress=not quiet,
+                         execution=ExecutionOptions(cluster="threads", workers=workers))
+    report_run(plan, report, quiet)

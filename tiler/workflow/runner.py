@@ -1,0 +1,292 @@
+"""Running a workflow: every input file through every step, safe to run again.
+
+1. Plan every (file, step) before anything runs, steps whose input is not made yet from what the
+   step before will make: option errors surface before any GPU time is spent.
+2. Per file, per step: a step is *up to date* when its output exists and carries (in its
+   TILER_PLAN metadata) the very plan it would run now, input file identity (size, mtime)
+   included; it is skipped. Otherwise it runs (resuming its workdir if a run was cut short). A
+   changed option changes that step's plan; its new output changes the identity of the next step's
+   input, and so on down the chain: exactly the affected steps run again.
+3. A failing file is reported and the others go on (unless ``fail_fast``).
+
+An output that exists but was not written by tiler is never replaced without ``overwrite``; one
+that a previous run of this workflow wrote is the workflow's own and is replaced when out of date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BadParameter, TilerError, first_line
+from ..plan import Plan
+from .schema import UpscaleStep, Workflow
+from .source import Source, WorkflowError
+
+# the CLI option a library error names -> the step key it comes from
+OPTION_KEYS = {"-b/--bidx": "bidx", "OUTPUT": "output", "--range": "range", "--model": "model"}
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    output: str
+    status: str  # "ran", "up to date", "would run", "failed"
+    plan: Plan | None = None
+    error: str | None = None
+
+
+@dataclass
+class FileOutcome:
+    input: Path
+    steps: list[StepOutcome] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        statuses = {step.status for step in self.steps}
+        if "failed" in statuses:
+            return "failed"
+        if statuses <= {"up to date"}:
+            return "skipped"
+        return "would run" if "would run" in statuses else "done"
+
+    @property
+    def error(self) -> str | None:
+        return next((step.error for step in self.steps if step.error), None)
+
+
+# --- inputs and outputs ---------------------------------------------------------------------------
+def input_files(workflow: Workflow, source: Source) -> list[Path]:
+    """The input files, in order, each once: globs sorted, paths relative to the workflow file. A
+    glob may match nothing (no PNG scans tonight); no input file at all is an error."""
+    base = source.path.parent
+    files = []
+    for pattern in workflow.inputs:
+        path = base / Path(pattern).expanduser()
+        files += (sorted(map(Path, glob.glob(str(path), recursive=True))) if glob.has_magic(pattern)
+                  else [path])
+    if workflow.inputs_from:
+        files += _listed_files(base / workflow.inputs_from, source)
+    if not files:
+        raise WorkflowError(f"{source.where(('inputs',))}: {workflow.inputs} match no file "
+                            f"(relative to {base})")
+    return list(dict.fromkeys(file.absolute() for file in files))
+
+
+def _listed_files(path: Path, source: Source) -> list[Path]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise WorkflowError(f"{source.where(('inputs-from',))}: cannot read {path}: "
+                            f"{exc.strerror or exc}") from None
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [path.parent / Path(name).expanduser() for name in names]
+
+
+def output_path(template: str, input_file: Path, step: str, base: Path) -> Path:
+    text = template.format(stem=input_file.stem, name=input_file.name,
+                           input_dir=str(input_file.parent), step=step)
+    return (base / Path(text).expanduser()).absolute()
+
+
+# --- planning -------------------------------------------------------------------------------------
+def plan_step(step, input_file: Path, output: Path, info=None) -> Plan:
+    """The step's plan, as ``tiler upscale`` / ``tiler export`` would make it. ``info``: the input's
+    description when it is not made yet (then an LDM step on non-uint8 data assumes its dtype's
+    range for the estimate; the real run reads the range from the file)."""
+    from ..upscale import plan_export, plan_upscale
+
+    if step.task == "export":
+        return plan_export(input_file, output, bands=step.bidx, output_format=step.format,
+                           creation_overrides=step.co, info=info)
+    from ..tasks.superres import DiffusionOptions
+
+    value_range = step.range
+    if info is not None and step.uses_model and value_range is None and info.dtype != "uint8":
+        limits = np.finfo(info.dtype) if np.issubdtype(np.dtype(info.dtype), np.floating) else np.iinfo(info.dtype)
+        value_range = f"{float(limits.min)},{float(limits.max)}"
+    diffusion = DiffusionOptions(steps=step.steps, eta=step.eta, seed=step.seed, sampler=step.sampler,
+                                 device=step.device, dtype=step.dtype, value_range=value_range,
+                                 decode_tile=step.decode_tile, decode_halo=step.decode_halo,
+                                 allow_pickle=step.allow_pickle)
+    return plan_upscale(input_file, output, model=step.model, scale=step.scale, bands=step.bidx,
+                        output_format=step.format, creation_overrides=step.co, tile=step.tile,
+                        overlap=step.overlap, region=step.region, halo=step.halo, info=info,
+                        diffusion=diffusion)
+
+
+def product_identity(plan: Plan) -> str:
+    """Everything an output depends on (the plan without the output's own path)."""
+    return plan.model_dump_json(exclude={"output": {"path"}})
+
+
+def stored_identity(output: Path) -> str | None:
+    """The identity stored in an existing output; None if it was not written by tiler."""
+    from ..qa import NotATilerOutput, load_plan
+
+    try:
+        return product_identity(load_plan(output))
+    except (NotATilerOutput, TilerError, OSError):
+        return None
+
+
+# --- running --------------------------------------------------------------------------------------
+class WorkflowRunner:
+    def __init__(self, workflow: Workflow, source: Source, *, overwrite: bool = False,
+                 progress: bool = False, say: Callable[[str], None] = lambda line: None):
+        self.workflow = workflow
+        self.source = source
+        self.base = source.path.parent
+        self.overwrite = overwrite
+        self.progress = progress
+        self.say = say
+        self._connection = contextlib.ExitStack()
+        self._client = None
+        self._connected = False
+
+    def run(self, files: list[Path], dry_run: bool = False, fail_fast: bool = False) -> list[FileOutcome]:
+        outcomes = [self.plan_file(file) for file in files]
+        self._check_distinct_outputs(outcomes)
+        if dry_run:
+            return outcomes
+        with self._connection:
+            for number, outcome in enumerate(outcomes, start=1):
+                if outcome.status != "failed":
+                    self.run_file(outcome, f"[{number}/{len(outcomes)}]")
+                self.say(f"[{number}/{len(outcomes)}] {outcome.input}: {outcome.status}"
+                         + (f": {outcome.error}" if outcome.error else ""))
+                if fail_fast and outcome.status == "failed":
+                    break
+        return outcomes
+
+    # --- planning ahead -------------------------------------------------------------------------
+    def plan_file(self, file: Path) -> FileOutcome:
+        """Plan every step for ``file``; a step reading an output not made (or out of date) yet is
+        planned from what that step will make."""
+        outcome = FileOutcome(file)
+        for index, step in enumerate(self.workflow.steps):
+            output = output_path(step.output, file, step.name, self.base)
+            upstream = self.workflow.source_of(index)
+            try:
+                if upstream is None:
+                    plan = plan_step(step, file, output)
+                else:
+                    before = outcome.steps[upstream]
+                    if before.status == "failed":
+                        raise TilerError(f"needs the output of step {before.step}, which failed")
+                    _check_readable(before, self.source, upstream)
+                    made = before.status == "up to date"
+                    plan = plan_step(step, Path(before.output), output,
+                                     info=None if made else before.plan.output_info())
+            except TilerError as exc:
+                outcome.steps.append(StepOutcome(step.name, str(output), "failed",
+                                                 error=self._explain(index, exc)))
+                continue
+            status = "up to date" if stored_identity(output) == product_identity(plan) else "would run"
+            outcome.steps.append(StepOutcome(step.name, str(output), status, plan))
+        return outcome
+
+    def _explain(self, index: int, error: TilerError) -> str:
+        """The error with the key path (and line) of the step option it is about."""
+        step = self.workflow.steps[index]
+        if isinstance(error, BadParameter):
+            key = OPTION_KEYS.get(error.option, error.option.lstrip("-"))
+            message = str(error).removeprefix(f"invalid value for {error.option}: ")
+            return f"{self.source.where(('steps', index, key))}: {message}"
+        return f"step {step.name}: {first_line(error)}"
+
+    def _check_distinct_outputs(self, outcomes: list[FileOutcome]):
+        """Two files (or steps) writing one output would overwrite each other."""
+        owners: dict[str, str] = {}
+        for outcome in outcomes:
+            for index, step in enumerate(outcome.steps):
+                owner = f"{outcome.input.name} (step {step.step})"
+                if step.output in owners:
+                    raise WorkflowError(
+                        f"{self.source.where(('steps', index, 'output'))}: {step.output} is the "
+                        f"output of both {owners[step.output]} and {owner}; put {{stem}} in the "
+                        "output template")
+                owners[step.output] = owner
+
+    # --- running --------------------------------------------------------------------------------
+    def run_file(self, outcome: FileOutcome, label: str):
+        for index, step in enumerate(self.workflow.steps):
+            planned = outcome.steps[index]
+            if planned.status == "failed":
+                return
+            try:
+                self._run_step(outcome, index, label)
+            except TilerError as exc:
+                planned.status, planned.error = "failed", self._explain(index, exc)
+                for later in outcome.steps[index + 1:]:
+                    if later.status != "failed":
+                        later.status, later.error = "failed", f"not run: step {planned.step} failed"
+                return
+
+    def _run_step(self, outcome: FileOutcome, index: int, label: str):
+        from ..upscale import run_upscale
+
+        step = self.workflow.steps[index]
+        planned = outcome.steps[index]
+        upstream = self.workflow.source_of(index)
+        input_file = outcome.input if upstream is None else Path(outcome.steps[upstream].output)
+        plan = plan_step(step, input_file, Path(planned.output))  # the input exists now
+        output = Path(planned.output)
+        stored = stored_identity(output) if output.exists() else None
+        if stored == product_identity(plan):
+            planned.status, planned.plan = "up to date", plan
+            self.say(f"{label} {step.name}: {output} is up to date")
+            return
+        if output.exists() and stored is None and not self.overwrite:
+            raise TilerError(f"{output}: exists and was not written by tiler; pass --overwrite to "
+                             "replace it")
+        self.say(f"{label} {step.name}: {input_file.name} -> {output}")
+        workdir = output_path(step.workdir, outcome.input, step.name, self.base) if step.workdir else None
+        output.parent.mkdir(parents=True, exist_ok=True)
+        run_upscale(plan, workdir=workdir, overwrite=True, keep_workdir=step.keep_workdir,
+                    progress=self.progress, runtime=_runtime(step), execution=self.execution,
+                    client=self._cluster_client())
+        planned.status, planned.plan = "ran", plan
+
+    @property
+    def execution(self):
+        from ..cluster import ExecutionOptions
+
+        given = self.workflow.cluster.model_dump(exclude_unset=True) if self.workflow.cluster else {}
+        return ExecutionOptions.from_config(**given)
+
+    def _cluster_client(self):
+        """One Dask connection for the whole workflow, made when the first step runs (None when
+        the workflow runs in this process)."""
+        from ..cluster import choose_cluster, connect
+
+        if not self._connected:
+            self._connected = True
+            uses_gpu = any(isinstance(step, UpscaleStep) and step.uses_model and step.device != "cpu"
+                           for step in self.workflow.steps)
+            kind = choose_cluster(self.execution, uses_gpu)
+            if kind != "threads":
+                self._client = self._connection.enter_context(
+                    connect(kind, self.execution, uses_gpu, self.progress))
+        return self._client
+
+
+def _check_readable(before: StepOutcome, source: Source, upstream: int):
+    if before.plan is not None and before.plan.output.format == "Zarr":
+        raise WorkflowError(f"{source.where(('steps', upstream, 'output'))}: a Zarr output cannot "
+                            "be read by a later step; write a GeoTIFF there (.tif) and export to "
+                            "Zarr last")
+
+
+def _runtime(step):
+    from ..tasks.superres import RuntimeOptions
+
+    if isinstance(step, UpscaleStep):
+        return RuntimeOptions(device=step.device, batch_size=step.batch_size, compile=step.compile,
+                              allow_pickle=step.allow_pickle)
+    return RuntimeOptions()
