@@ -96,3 +96,46 @@ def save_tiny_sr_model(path, seed: int = 0, safetensors: bool = True) -> Path:
     }
     (path / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
     return path
+
+
+def save_tiny_ldm(path, task: str, conditioning: dict, cond_channels: int, seed: int = 0,
+                  attention: bool = True) -> Path:
+    """A tiny model in tiler's model-directory format (unet/, vqvae/, scheduler/, tiler.yaml):
+    the real inpainting / synthesis layouts (``../shared/models/ldm-*.json``), tiny widths.
+    ``attention=False``: a first stage without mid-block attention, like the inpainting VQ."""
+    import torch
+
+    from tiler.model_card import ModelCard, write_card
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    with_config(tiny_unet(), in_channels=3 + cond_channels).save_pretrained(path / "unet")
+    with_config(tiny_vqvae(), mid_block_add_attention=attention).save_pretrained(path / "vqvae")
+    tiny_scheduler().save_pretrained(path / "scheduler")
+    write_card(path, ModelCard.model_validate({"task": task, "conditioning": conditioning,
+                                               "name": f"tiny {task}"}))
+    return path
+
+
+def with_config(module, **changes):
+    """The same class built with ``changes`` to its config (diffusers' from_config would restore
+    the defaults of keys it recorded as defaulted)."""
+    config = {key: value for key, value in module.config.items() if not key.startswith("_")}
+    return type(module)(**(config | changes))
+
+
+def save_tiny_inpaint_model(path, seed: int = 0) -> Path:
+    return save_tiny_ldm(path, "inpaint", {"kind": "masked-image-and-mask"}, 3 + 1, seed,
+                         attention=False)
+
+
+def save_tiny_synthesis_model(path, classes: int = 6, seed: int = 0) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    path = save_tiny_ldm(path, "synthesis", {"kind": "labels", "classes": classes}, 3, seed)
+    (path / "cond_stage").mkdir(exist_ok=True)
+    weight = torch.randn(3, classes, 1, 1, generator=torch.Generator().manual_seed(seed))
+    save_file({"channel_mapper.weight": weight}, str(path / "cond_stage" / "label_rescaler.safetensors"))
+    return path
