@@ -52,6 +52,9 @@ class DaskExecutor:
             self.plugin_name = f"tiler-model-{plan.fingerprint}"
             client.register_plugin(ModelPlugin(self.plan_json, runtime), name=self.plugin_name)
         self.gpu_resources = _workers_offer(client, GPU)
+        if self.gpu_resources and plan.diffusion is not None and plan.diffusion.dtype == "float32":
+            log.warning("the plan computes in float32 (chosen on a machine without a GPU?) while the "
+                        "cluster's workers have GPUs; pass --dtype bfloat16 to run them at full speed")
         log.info("Dask executor: %d workers, GPU resources: %s", len(_workers(client)),
                  self.gpu_resources)
 
