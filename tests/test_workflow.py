@@ -261,3 +261,24 @@ def test_yaml_is_loaded_safely(tmp_path):
     result = run_tiler("run", write_workflow(tmp_path, text))
     assert result.returncode == 2 and not marker.exists()
     assert "not valid YAML" in result.stderr
+
+
+def test_workflow_on_a_local_dask_cluster(tmp_path):
+    """The cluster section: one local cluster of 2 worker processes serves every step of every
+    file, and the outputs equal the in-process run's."""
+    make_scans(tmp_path, count=2)
+    chain = CHAIN.format(model="bicubic").replace(
+        "    tile: 16\n    overlap: 4\n    region: 24\n    halo: 4\n    steps: 2\n"
+        "    decode-tile: 16\n    decode-halo: 4\n", "    scale: 2\n    region: 8\n")
+    threads = write_workflow(tmp_path, chain.replace("out/", "threads/"), "threads.yaml")
+    dask = write_workflow(tmp_path, chain.replace("steps:", "cluster: {cluster: local, workers: 2}\nsteps:"),
+                          "dask.yaml")
+    assert run_tiler("run", threads, "-q").returncode == 0
+    result = run_tiler("run", dask, "-v")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Dask executor: 2 workers") == 6  # 3 steps x 2 files
+    assert result.stderr.count("Dask dashboard") == 1  # reported once per connection: one cluster
+    assert "2 done, 0 skipped (up to date), 0 failed, of 2 files" in summary(result)
+    for name in ("scan0", "scan1"):
+        np.testing.assert_array_equal(read_raster(tmp_path / "out" / f"{name}_sr_x2.tif")[0],
+                                      read_raster(tmp_path / "threads" / f"{name}_sr_x2.tif")[0])
