@@ -230,7 +230,7 @@ def test_a_file_is_not_a_model(tmp_path):
 
 
 def test_folder_without_model_index_is_refused(tmp_path):
-    with pytest.raises(ModelError, match=r"not a diffusers model folder \(expected model_index.json"):
+    with pytest.raises(ModelError, match=r"not a model folder \(expected model_index.json or tiler.yaml"):
         resolve_model_dir(str(tmp_path))
 
 

@@ -96,16 +96,16 @@ class ModelError(TilerError):
 # --- finding the model folder ----------------------------------------------------------------------
 def resolve_model_dir(model: str, allow_pickle: bool = False) -> Path:
     """The local folder holding ``model``: an existing directory as is (it must hold
-    model_index.json), or the Hugging Face cache snapshot of the hub id ``owner/name`` (downloaded
+    model_index.json or a tiler.yaml card), or the Hugging Face cache snapshot of the hub id ``owner/name`` (downloaded
     when the hub can be reached: json configs and safetensors weights, plus ``*.bin`` weights when
     ``allow_pickle``)."""
     text = str(model).strip()
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
+        if not any((path / marker).is_file() for marker in ("model_index.json", "tiler.yaml")):
             raise ModelError(
-                f"{path}: not a diffusers model folder (expected model_index.json beside unet/, vqvae/ "
-                "and scheduler/ folders)"
+                f"{path}: not a model folder (expected model_index.json or tiler.yaml beside unet/, "
+                "vqvae/ and scheduler/ folders)"
             )
         return path
     if path.exists():
@@ -407,8 +407,6 @@ def load_sr_model(model: str, device: str = "auto", dtype: str | None = None,
     On CPU the UNet and the VQ model are made batch invariant and oneDNN is switched off
     (process-wide), so a tile's result does not depend on how tiles are batched; the UNet must then
     be called with one timestep per call (see make_batch_invariant)."""
-    import torch
-
     # 1. check the cheap things first: device, dtype, then the folder and its weights
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -416,8 +414,32 @@ def load_sr_model(model: str, device: str = "auto", dtype: str | None = None,
     check_sr_layout(model_dir)
     weights = check_weights(model_dir, SR_COMPONENTS, allow_pickle=allow_pickle)
     scheduler_config = read_scheduler_config(model_dir)
+    # 2. load the weights, check the channel layout, make CPU batch invariant
+    return _load_components(model_dir, weights, scheduler_config, torch_device, torch_dtype, str(model))
 
-    # 2. load the weights
+
+def load_ldm_model(model_dir, device: str = "auto", dtype: str | None = None,
+                   allow_pickle: bool = False) -> SRModel:
+    """Load a model in tiler's model-directory format (``tiler.yaml``, see tiler/model_card.py)
+    with a VQ first stage; the same checks, placement and CPU batch invariance as LDM-SR."""
+    from .model_card import read_card
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    if card.first_stage != "vqvae":
+        raise ModelError(f"{model_dir / 'tiler.yaml'}: first-stage {card.first_stage!r} is not "
+                         "supported yet; expected 'vqvae'")
+    weights = check_weights(model_dir, SR_COMPONENTS, allow_pickle=allow_pickle)
+    return _load_components(model_dir, weights, read_scheduler_config(model_dir), torch_device,
+                            torch_dtype, str(model_dir))
+
+
+def _load_components(model_dir: Path, weights: dict[str, Path], scheduler_config: dict,
+                     torch_device, torch_dtype, name: str) -> SRModel:
+    """Load unet and vqvae, check their channel layout, make them batch invariant on CPU."""
+    import torch
     from diffusers import UNet2DModel, VQModel
     from diffusers.utils import is_accelerate_available
 
@@ -437,9 +459,9 @@ def load_sr_model(model: str, device: str = "auto", dtype: str | None = None,
         loaded[component] = module
 
     sr = SRModel(unet=loaded["unet"], vqvae=loaded["vqvae"], scheduler_config=scheduler_config,
-                 model_dir=model_dir, device=torch_device, dtype=torch_dtype, name=str(model))
+                 model_dir=model_dir, device=torch_device, dtype=torch_dtype, name=name)
 
-    # 3. check the channel layout: UNet input = latent ++ conditioning, output = latent
+    # the channel layout: UNet input = latent ++ conditioning, output = latent
     unet_config = sr.unet.config
     if unet_config.out_channels != sr.latent_channels or sr.cond_channels < 1:
         raise ModelError(
@@ -447,7 +469,7 @@ def load_sr_model(model: str, device: str = "auto", dtype: str | None = None,
             f"{unet_config.out_channels} do not fit the VQ model's {sr.latent_channels} latent channels "
             "(expected in = latent + conditioning channels, out = latent channels)")
 
-    # 4. CPU: a tile's result independent of how tiles are batched (UNet steps and VQ decodes)
+    # CPU: a tile's result independent of how tiles are batched (UNet steps and VQ decodes)
     if torch_device.type == "cpu":
         enable_cpu_determinism()
         make_batch_invariant(sr.unet)

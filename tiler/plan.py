@@ -81,9 +81,28 @@ class DiffusionSpec(_Frozen):
     decode_halo: int
 
 
+class MaskPlan(_Frozen):
+    """Inpainting: where the area to fill comes from (see tiler/mask.py), the mask file's
+    identity, and what the plan-time scan found."""
+
+    source: Literal["file", "nodata", "band"]
+    path: str | None = None
+    band: int | None = None
+    dilate: int = 0
+    size_bytes: int = -1
+    mtime_ns: int = -1
+    masked_px: int
+    tiles_touched: int
+
+    def spec(self):
+        from .mask import MaskSpec
+
+        return MaskSpec(self.source, self.path, self.band, self.dilate)
+
+
 class Plan(_Frozen):
     version: int = PLAN_VERSION
-    task: Literal["upscale"] = "upscale"
+    task: Literal["upscale", "inpaint"] = "upscale"
     model: str
     scale: int
     bands: tuple[int, ...]
@@ -92,14 +111,17 @@ class Plan(_Frozen):
     grid: GridSpec
     output: OutputSpec
     diffusion: DiffusionSpec | None = None
+    factor: int = 1  # input px per latent px (1: the latent grid is the input grid, as for LDM-SR)
+    mask: MaskPlan | None = None
 
     @property
     def is_classical(self) -> bool:
         return self.diffusion is None
 
     def tile_grid(self) -> TileGrid:
-        return TileGrid(self.input.height, self.input.width, self.grid.tile, self.grid.overlap,
-                        self.grid.region, self.grid.halo)
+        f = self.factor
+        return TileGrid(-(-self.input.height // f), -(-self.input.width // f), self.grid.tile,
+                        self.grid.overlap, self.grid.region, self.grid.halo)
 
     @property
     def fingerprint(self) -> str:
@@ -150,7 +172,17 @@ class Plan(_Frozen):
             "overhead_factor": round(grid.overhead_factor(), 4),
             "workdir_bytes_max": self.workdir_bytes(),
             "fingerprint": self.fingerprint,
-        } | self._diffusion_summary()
+        } | self._diffusion_summary() | self._mask_summary()
+
+    def _mask_summary(self) -> dict:
+        if self.mask is None:
+            return {}
+        mask = self.mask
+        return {"mask": mask.path or mask.source + (f" {mask.band}" if mask.band else ""),
+                "mask_dilate": mask.dilate, "masked_px": mask.masked_px,
+                "masked_fraction": round(mask.masked_px / (self.input.width * self.input.height), 6),
+                "tiles_computed": mask.tiles_touched,
+                "unet_evaluations": mask.tiles_touched * self.diffusion.steps}
 
     def _diffusion_summary(self) -> dict:
         if self.diffusion is None:
@@ -185,7 +217,8 @@ def _canonical_json(data) -> str:
 def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands: tuple[int, ...],
                output: Path, output_format: OutputFormat, creation_options: dict[str, str],
                tile: int, overlap: int, region: int, halo: int, chunk: int,
-               diffusion: DiffusionSpec | None = None) -> Plan:
+               diffusion: DiffusionSpec | None = None, task: str = "upscale", factor: int = 1,
+               mask: MaskPlan | None = None) -> Plan:
     transform = (tuple(output_transform(info.affine, scale))[:6] if info.georeferenced else None)
     return Plan(
         model=model, scale=scale, bands=bands, context=context,
@@ -195,7 +228,7 @@ def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands:
                           creation_options=creation_options, dtype=info.dtype, nodata=info.nodata,
                           width=info.width * scale, height=info.height * scale, count=len(bands),
                           transform=transform),
-        diffusion=diffusion,
+        diffusion=diffusion, task=task, factor=factor, mask=mask,
     )
 
 

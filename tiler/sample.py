@@ -33,13 +33,14 @@ def tile_slices(tiles: tuple[Box, ...], canvas: Box) -> list[tuple[slice, slice]
 
 
 def fusion_weights(tiles: tuple[Box, ...], canvas: Box, overlap: int, device, dtype=torch.float32):
-    """Per-tile weights (T, T) and the reciprocal of their sum over the canvas (h, w)."""
+    """Per-tile weights (T, T) and the reciprocal of their sum over the canvas (h, w); 0 where no
+    tile covers the canvas (inpainting computes only the tiles near the mask)."""
     size = tiles[0].shape[0]
     weights = torch.tensor(tile_weights(size, overlap), dtype=dtype, device=device)
     total = torch.zeros(canvas.shape, dtype=dtype, device=device)
     for rows, cols in tile_slices(tiles, canvas):
         total[rows, cols] += weights
-    return weights, total.reciprocal()
+    return weights, torch.where(total > 0, total.reciprocal(), torch.zeros_like(total))
 
 
 def step_kwargs(scheduler, eta: float) -> dict:

@@ -10,6 +10,7 @@ os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 from .. import __version__
 from .export import export_command
+from .inpaint import inpaint_command
 from .plan import plan_command
 from .qa import qa_command
 from .run import run_command
@@ -27,3 +28,4 @@ main.add_command(plan_command)
 main.add_command(qa_command)
 main.add_command(export_command)
 main.add_command(run_command)
+main.add_command(inpaint_command)

@@ -84,6 +84,22 @@ def upscale_arguments(command):
     ])
 
 
+def run_and_report(plan, *, workdir, overwrite, keep_workdir, cluster, scheduler, workers, retries,
+                   batch_size, compile_model, device, allow_pickle, quiet):
+    """Run ``plan`` with the run, execution and model options of the CLI; print the summary."""
+    from ..cluster import ExecutionOptions
+    from ..tasks.superres import RuntimeOptions
+    from ..upscale import run_upscale
+
+    runtime = RuntimeOptions(device=device, batch_size=batch_size, compile=compile_model,
+                             allow_pickle=allow_pickle)
+    report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
+                         progress=not quiet, runtime=runtime,
+                         execution=ExecutionOptions.from_config(cluster=cluster, scheduler=scheduler,
+                                                                workers=workers, retries=retries))
+    report_run(plan, report, quiet)
+
+
 def report_run(plan, report, quiet: bool):
     """The one summary line after a successful run."""
     if quiet:

@@ -1,6 +1,6 @@
 import click
 
-from .options import (execution_options, plan_kwargs, report_run, reports_errors, run_options,
+from .options import (execution_options, plan_kwargs, reports_errors, run_and_report, run_options,
                       upscale_arguments, verbosity)
 from .plan import print_plan
 
@@ -16,21 +16,16 @@ from .plan import print_plan
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @verbosity
 @reports_errors
-def upscale_command(workdir, keep_workdir, overwrite, cluster, scheduler, workers, retries, batch_size, compile_model, dry_run,
-                    as_json, verbose, quiet, **params):
+def upscale_command(workdir, keep_workdir, overwrite, cluster, scheduler, workers, retries,
+                    batch_size, compile_model, dry_run, as_json, verbose, quiet, **params):
     """Upscale INPUT into OUTPUT [INPUT-STEM_x4.tif]; re-running resumes."""
-    from ..cluster import ExecutionOptions
-    from ..tasks.superres import RuntimeOptions
-    from ..upscale import plan_upscale, run_upscale
+    from ..upscale import plan_upscale
 
     plan = plan_upscale(params["input_path"], params["output_path"], **plan_kwargs(params))
     if dry_run:
         print_plan(plan, as_json)
         return
-    runtime = RuntimeOptions(device=params["device"], batch_size=batch_size, compile=compile_model,
-                             allow_pickle=params["allow_pickle"])
-    report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
-                         progress=not quiet, runtime=runtime,
-                         execution=ExecutionOptions.from_config(cluster=cluster, scheduler=scheduler,
-                                                                workers=workers, retries=retries))
-    report_run(plan, report, quiet)
+    run_and_report(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
+                   cluster=cluster, scheduler=scheduler, workers=workers, retries=retries,
+                   batch_size=batch_size, compile_model=compile_model, device=params["device"],
+                   allow_pickle=params["allow_pickle"], quiet=quiet)

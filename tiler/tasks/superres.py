@@ -68,7 +68,6 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
     """Check the model folder and the options against the input, without loading weights.
     Returns the spec and the model's scale (its first stage's downsampling factor)."""
     from .. import models
-    from ..raster import parse_value_range, value_range
 
     model_dir = models.resolve_model_dir(model, allow_pickle=options.allow_pickle)
     models.check_sr_layout(model_dir)
@@ -87,6 +86,16 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
     if tile % multiple:
         raise BadParameter("--tile", f"{tile} is not a multiple of {multiple}, which the UNet of "
                            f"{model} needs")
+    spec = sampling_spec(model_dir, weights, vq["latent_channels"], info, bands, options)
+    return spec, factor
+
+
+def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: tuple[int, ...],
+                  options: DiffusionOptions) -> DiffusionSpec:
+    """The options with their defaults, checked; device and dtype resolved; the value range."""
+    from .. import models
+    from ..raster import parse_value_range, value_range
+
     chosen = {key: DEFAULTS[key] if getattr(options, key) is None else getattr(options, key)
               for key in DEFAULTS}
     _check_positive(chosen)
@@ -95,10 +104,9 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
     dtype = str(models.resolve_dtype(options.dtype, device)).removeprefix("torch.")
     limits = (parse_value_range(options.value_range) if options.value_range
               else value_range(info, bands))
-    spec = DiffusionSpec(
+    return DiffusionSpec(
         model_dir=str(model_dir.resolve()), weights=_weights_identity(weights.values()),
-        dtype=dtype, value_range=limits, latent_channels=vq["latent_channels"], **chosen)
-    return spec, factor
+        dtype=dtype, value_range=limits, latent_channels=latent_channels, **chosen)
 
 
 def _check_positive(chosen: dict):
@@ -249,15 +257,17 @@ class ModelRunner:
         self.channels_last = self.device.type == "cuda"
         self.unet = torch.compile(model.unet) if compile else model.unet
         self.vq_decode = torch.compile(model.vqvae.decode) if compile else model.vqvae.decode
+        self.vq_encode = torch.compile(model.vqvae.encode) if compile else model.vqvae.encode
         self.default_batch_size = 16 if self.device.type == "cuda" else 4
         self.decode_batch_size = 16 if self.device.type == "cuda" else 4  # windows per decode call
 
     @classmethod
     def load(cls, plan: Plan, runtime: RuntimeOptions) -> "ModelRunner":
-        from ..models import load_sr_model
+        from ..models import load_ldm_model, load_sr_model
 
         spec = plan.diffusion
-        model = load_sr_model(spec.model_dir, device=runtime.device, dtype=spec.dtype,
+        load = load_sr_model if plan.task == "upscale" else load_ldm_model
+        model = load(spec.model_dir, device=runtime.device, dtype=spec.dtype,
                               allow_pickle=runtime.allow_pickle)
         return cls(model, spec.sampler, runtime.compile)
 
@@ -286,6 +296,15 @@ class ModelRunner:
 
         with torch.inference_mode():
             return self.unet(self._prepare(inputs), timestep).sample
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, channels, h*f, w*f) pixels in [-1, 1] -> (n, C, h, w) latents, not quantized (the
+        inpainting model's conditioning, as CompVis encodes it)."""
+        import torch
+
+        with torch.inference_mode():
+            latents = self.vq_encode(self._prepare(self.to_device(pixels))).latents
+        return latents.float().cpu().numpy()
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """(n, C, h, w) latents -> (n, channels, h*f, w*f) pixels in about [-1, 1], float32.

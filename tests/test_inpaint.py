@@ -1,0 +1,118 @@
+"""``tiler inpaint`` with a tiny model in tiler's model-directory format: unmasked pixels identical
+to the input, only tiles near the mask computed (counted), results independent of batch size and
+worker count, and clear errors for bad masks and models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NORTH_UP, make_raster, read_raster, run_tiler, shown_lines
+from test_errors import assert_no_output, assert_one_error
+from tiler.cluster import ExecutionOptions
+from tiler.inpaint import plan_inpaint
+from tiler.mask import MaskSpec
+from tiler.tasks.superres import DiffusionOptions, ModelRunner, RuntimeOptions
+from tiler.upscale import run_upscale
+from tiny_models import save_tiny_inpaint_model
+
+GRID = dict(tile=8, overlap=2, region=8, halo=2)
+FAST = DiffusionOptions(steps=3, decode_tile=8, decode_halo=2, device="cpu")
+CLI = ("--tile", "8", "--overlap", "2", "--region", "8", "--halo", "2", "--steps", "3",
+       "--decode-tile", "8", "--decode-halo", "2", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def inpaint_model(tmp_path_factory) -> Path:
+    return save_tiny_inpaint_model(tmp_path_factory.mktemp("models") / "tiny-inpaint")
+
+
+def mask_file(path, height, width, boxes, **options):
+    area = np.zeros((1, height, width), dtype="uint8")
+    for y0, y1, x0, x1 in boxes:
+        area[0, y0:y1, x0:x1] = 1
+    return make_raster(path, data=area, **options), area[0] > 0
+
+
+def inpaint(src, dst, model, mask, batch_size=None, workers=1, **grid):
+    plan = plan_inpaint(src, dst, model=str(model), mask=mask, diffusion=FAST, **(GRID | grid))
+    run_upscale(plan, runtime=RuntimeOptions(device="cpu", batch_size=batch_size),
+                execution=ExecutionOptions(cluster="threads", workers=workers))
+    return read_raster(dst), plan
+
+
+def test_unmasked_pixels_are_the_inputs_bit_for_bit(tmp_path, inpaint_model):
+    src = make_raster(tmp_path / "in.tif", width=45, height=38, dtype="uint16")  # not multiples of 4
+    mask, area = mask_file(tmp_path / "mask.tif", 38, 45, [(5, 12, 30, 44), (30, 38, 0, 6)])
+    (out, profile), _ = inpaint(src, tmp_path / "out.tif", inpaint_model, MaskSpec("file", str(mask)))
+    data = read_raster(src)[0]
+    np.testing.assert_array_equal(out[:, ~area], data[:, ~area])
+    assert (out[:, area] != data[:, area]).mean() > 0.9
+    assert (profile["width"], profile["height"], profile["dtype"]) == (45, 38, "uint16")
+    assert profile["transform"] == NORTH_UP and profile["crs"].to_epsg() == 32633
+
+
+def test_nodata_pixels_are_filled(tmp_path, inpaint_model):
+    pixels = read_raster(make_raster(tmp_path / "base.tif", width=40, height=32))[0]
+    pixels[:, 10:14, 8:20] = 0
+    src = make_raster(tmp_path / "in.tif", data=pixels, nodata=0)
+    (out, profile), _ = inpaint(src, tmp_path / "out.tif", inpaint_model, MaskSpec("nodata"))
+    hole = (pixels == 0).any(axis=0)
+    np.testing.assert_array_equal(out[:, ~hole], pixels[:, ~hole])
+    assert profile["nodata"] == 0
+
+
+def test_only_tiles_near_the_mask_are_computed(tmp_path, inpaint_model, monkeypatch):
+    """Count the tiles that go through the UNet: the plan's count, a small part of the grid."""
+    calls = []
+    original = ModelRunner.unet_call
+    monkeypatch.setattr(ModelRunner, "unet_call",
+                        lambda self, inputs, t: calls.append(inputs.shape[0]) or original(self, inputs, t))
+    src = make_raster(tmp_path / "in.tif", width=128, height=128)
+    mask, _ = mask_file(tmp_path / "mask.tif", 128, 128, [(4, 10, 4, 10)])
+    _, plan = inpaint(src, tmp_path / "out.tif", inpaint_model, MaskSpec("file", str(mask)))
+    computed = sum(calls) // FAST.steps
+    assert computed == plan.mask.tiles_touched == plan.summary()["tiles_computed"]
+    assert 0 < computed <= plan.tile_grid().computed_tile_count() // 8
+    assert plan.summary()["unet_evaluations"] == computed * FAST.steps
+
+
+def test_batch_size_and_workers_do_not_change_a_bit(tmp_path, inpaint_model):
+    src = make_raster(tmp_path / "in.tif", width=40, height=36)
+    mask, _ = mask_file(tmp_path / "mask.tif", 36, 40, [(6, 30, 10, 20)])
+    spec = MaskSpec("file", str(mask), dilate=2)
+    (one, _), _ = inpaint(src, tmp_path / "one.tif", inpaint_model, spec, batch_size=1)
+    (many, _), _ = inpaint(src, tmp_path / "many.tif", inpaint_model, spec, batch_size=5, workers=2)
+    np.testing.assert_array_equal(one, many)
+
+
+def test_cli_runs_and_refuses_bad_masks(tmp_path, inpaint_model, tiny_model):
+    src = make_raster(tmp_path / "in.tif", width=40, height=32)
+    out = tmp_path / "out.tif"
+    mask, _ = mask_file(tmp_path / "mask.tif", 32, 40, [(3, 9, 3, 9)])
+    ok = run_tiler("inpaint", src, out, "--model", inpaint_model, "--mask", mask, *CLI)
+    assert ok.returncode == 0, ok.stderr
+    assert shown_lines(ok.stderr)[-1].startswith(f"tiler: wrote {out}")
+
+    empty, _ = mask_file(tmp_path / "empty.tif", 32, 40, [])
+    target = tmp_path / "new.tif"
+    assert_one_error(run_tiler("inpaint", src, target, "--model", inpaint_model, "--mask", empty, *CLI),
+                     1, str(empty), "the mask is empty: nothing to fill")
+    small, _ = mask_file(tmp_path / "small.tif", 16, 20, [(1, 2, 1, 2)], crs=None, transform=None)
+    assert_one_error(run_tiler("inpaint", src, target, "--model", inpaint_model, "--mask", small, *CLI),
+                     1, str(small), "expected the input's 40 x 32 px")
+    assert_one_error(run_tiler("inpaint", src, target, "--model", inpaint_model, "--mask", mask,
+                               "--mask-nodata", *CLI), 2, "--mask and --mask-nodata given")
+    assert_one_error(run_tiler("inpaint", src, target, "--model", tiny_model, "--mask", mask, *CLI),
+                     1, "tiler.yaml: missing")
+    assert_no_output(target)
+
+
+def test_full_mask_is_generated_with_a_warning(tmp_path, inpaint_model):
+    src = make_raster(tmp_path / "in.tif", width=24, height=20)
+    mask, _ = mask_file(tmp_path / "mask.tif", 20, 24, [(0, 20, 0, 24)])
+    result = run_tiler("inpaint", src, tmp_path / "out.tif", "--model", inpaint_model, "--mask", mask, *CLI)
+    assert result.returncode == 0, result.stderr
+    assert "the mask covers the whole raster" in result.stderr

@@ -1,0 +1,164 @@
+"""LDM inpainting on the engine: fill the masked area, keep every other pixel bit for bit.
+
+The latent grid is the input grid divided by the first stage's factor f (4 for the CompVis model).
+Only the tiles within ``decode_halo`` latent px of the (dilated) mask go through the UNet, so the
+cost follows the masked area. Stages, each unit one region or one output chunk:
+
+denoise   read the region canvas's pixels and mask (with an encoder margin), encode the masked image
+          (masked px = -1), mask at latent size (+1 fill / -1 keep), run the fused lockstep sampler
+          over the region's tiles near the mask; store the latent they cover (NaN elsewhere)
+assemble  blend the latents of the regions touching a chunk -> ``latent``
+decode    a chunk without masked px copies the input; otherwise decode its windows (latent px no
+          tile computed: the encoded image), and composite: masked px decoded, others copied
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import engine
+from ..decode import decode_chunk
+from ..grid import Box, Span
+from ..plan import Plan
+from ..raster import SourceReader, read_reflected, valid_mask
+# the same stages and units as super-resolution
+from .superres import MODEL_STAGES, STAGES, SuperResolutionTask, stages, unit_names, unit_shapes  # noqa: F401
+
+
+def array_specs(plan: Plan) -> dict[str, dict]:
+    grid, channels, chunk = plan.tile_grid(), plan.diffusion.latent_channels, plan.grid.chunk
+    out, side = plan.output, plan.grid.chunk * plan.factor
+    specs = {"output": dict(shape=(out.count, out.height, out.width),
+                            chunks=(out.count, min(side, out.height), min(side, out.width)),
+                            dtype=out.dtype, fill_value=plan.output_fill)}
+    specs.update(engine.regions_spec(plan, channels, scale=1))
+    specs["latent"] = dict(shape=(channels, grid.height, grid.width),
+                           chunks=(channels, min(chunk, grid.height), min(chunk, grid.width)),
+                           dtype="float32", fill_value=float("nan"))
+    specs.update(engine.done_specs(unit_shapes(plan)))
+    return specs
+
+
+class InpaintTask(SuperResolutionTask):
+    """Runs one unit of each stage; the SR task's sampling, assembly and value mapping, with the
+    inpainting conditioning, tile selection and composite."""
+
+    stages = STAGES
+
+    def __init__(self, plan: Plan, store, reader: SourceReader, model, batch_size: int | None):
+        super().__init__(plan, store, reader, model, batch_size)
+        from ..mask import MaskReader
+
+        self.unit_shapes = unit_shapes(plan)
+        self.unit_names = unit_names(plan)
+        self.f = plan.factor
+        self.mask = MaskReader(plan.mask.spec(), reader.info, plan.bands)
+        self.margin = plan.diffusion.decode_halo  # latent px around the mask that are denoised
+        self.encode_margin = plan.diffusion.decode_halo  # latent px of encoder context
+
+    # --- units -------------------------------------------------------------------------------
+    def denoise(self, index):
+        import torch
+
+        from ..sample import denoise_canvas
+
+        region = self.grid.region_at(*index)
+        tiles = self.selected_tiles(region)
+        rows, cols = region.extent.relative_to(region.canvas)
+        if not tiles:  # nothing to fill near this region
+            engine.write_extent(self.store, index, np.full(
+                (self.model.latent_channels, *region.extent.shape), np.nan, dtype=np.float32))
+            self.store.mark_done("denoise", index)
+            return
+        with torch.inference_mode():
+            condition = self.model.to_device(self.condition(region.canvas))
+            latent = denoise_canvas(self.model.unet_call, self.model.new_scheduler(), condition,
+                                    region.canvas, tiles, self.model.latent_channels, self.options)
+        latent = latent.float().cpu().numpy()
+        covered = np.zeros(region.canvas.shape, dtype=bool)
+        for tile in tiles:
+            covered[tile.relative_to(region.canvas)] = True
+        latent[:, ~covered] = np.nan
+        engine.write_extent(self.store, index, latent[:, rows, cols])
+        self.store.mark_done("denoise", index)
+
+    def decode(self, index):
+        core = self.grid.chunk_box(index, self.plan.grid.chunk)
+        box = self.pixel_box(core)
+        pixels = self.reader.read(box)
+        fill = self.mask.read(box)
+        if fill.any():
+            spec = self.plan.diffusion
+            decoded = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
+                                   spec.decode_halo, self.f, self.model.image_channels,
+                                   self.model.decode_batch_size)[:, :box.y.size, :box.x.size]
+            values = self.denormalise(decoded)
+            pixels = self.composite(pixels, values, fill)
+        engine.write_core(self.store, "output", box, pixels)
+        self.store.mark_done("decode", index)
+
+    # --- inpainting specifics ----------------------------------------------------------------
+    def pixel_box(self, latent_box: Box) -> Box:
+        """Input px of a latent box, clipped to the raster."""
+        scaled = latent_box.scale(self.f)
+        return Box(Span(scaled.y.start, min(scaled.y.stop, self.plan.input.height)),
+                   Span(scaled.x.start, min(scaled.x.stop, self.plan.input.width)))
+
+    def latent_mask(self, latent_box: Box) -> np.ndarray:
+        """True where any input px of a latent px is to be filled."""
+        from ..mask import _to_latent
+
+        return _to_latent(self.mask.read(latent_box.scale(self.f)), self.f)
+
+    def selected_tiles(self, region) -> tuple[Box, ...]:
+        """The region's tiles within ``margin`` latent px of the mask."""
+        reach = region.canvas.grow(self.margin)
+        near = self.latent_mask(reach)
+        inside = Box(Span(0, self.grid.height), Span(0, self.grid.width)).intersection(reach)
+        keep = np.zeros_like(near)
+        keep[inside.relative_to(reach)] = True
+        near &= keep  # as the plan's scan: reflected mask px past the edge do not count
+        return tuple(tile for tile in region.tiles
+                     if near[tile.grow(self.margin).relative_to(reach)].any())
+
+    def normalised(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Input px of ``box`` (reflected past the edges) in [-1, 1] as the model's channels, and
+        their validity."""
+        pixels = self.reader.read(box)
+        valid = valid_mask(pixels, self.plan.input.nodata)
+        unit = (np.where(valid, pixels, self.low).astype(np.float32) - self.low) / (self.high - self.low)
+        image = np.where(valid, unit * 2 - 1, 0).astype(np.float32)
+        if image.shape[0] == 1:
+            image = np.repeat(image, self.model.image_channels, axis=0)
+        return image, valid.all(axis=0)
+
+    def condition(self, canvas: Box) -> np.ndarray:
+        """encode(masked image) ++ mask at latent size (+1 fill, -1 keep) over ``canvas``."""
+        outer = canvas.grow(self.encode_margin)
+        image, _ = self.normalised(outer.scale(self.f))
+        fill = self.mask.read(outer.scale(self.f))
+        masked = np.where(fill[None], np.float32(-1), image)  # CompVis: (1 - mask) * image, then *2-1
+        encoded = self.model.encode_pixels(masked[None])[0]
+        rows, cols = canvas.relative_to(outer)
+        mask_latent = np.where(fill[::self.f, ::self.f], 1.0, -1.0).astype(np.float32)[None]
+        return np.concatenate([encoded[:, rows, cols], mask_latent[:, rows, cols]])
+
+    def read_latent(self, box: Box) -> np.ndarray:
+        """The assembled latent over ``box``; where no tile was computed, the encoded image."""
+        latent = self.store.array("latent")
+        grid = self.grid
+        values = read_reflected(lambda rows, cols: latent[:, rows, cols], box, grid.height, grid.width)
+        missing = np.isnan(values)
+        if missing.any():
+            image, _ = self.normalised(box.scale(self.f))
+            values = np.where(missing, self.model.encode_pixels(image[None])[0], values)
+        return values
+
+    def composite(self, pixels: np.ndarray, values: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """Masked px from the model (rounded, clipped to the dtype), all others the input's."""
+        from ..raster import to_dtype
+
+        out = pixels.copy()
+        filled = to_dtype(values.astype(np.float32), self.plan.output.dtype)
+        out[:, fill] = filled[:, fill]
+        return out
