@@ -116,3 +116,39 @@ def test_full_mask_is_generated_with_a_warning(tmp_path, inpaint_model):
     result = run_tiler("inpaint", src, tmp_path / "out.tif", "--model", inpaint_model, "--mask", mask, *CLI)
     assert result.returncode == 0, result.stderr
     assert "the mask covers the whole raster" in result.stderr
+
+
+def test_killed_run_resumes_to_the_same_output(tmp_path, inpaint_model):
+    from conftest import done_count, kill_part_way
+
+    src = make_raster(tmp_path / "in.tif", width=128, height=128)
+    squares = [(y, y + 3, x, x + 3) for y in range(2, 128, 16) for x in range(2, 128, 16)]
+    mask, _ = mask_file(tmp_path / "mask.tif", 128, 128, squares)
+    args = ("--model", inpaint_model, "--mask", mask, *CLI, "--steps", "6", "--workers", "1")
+    reference = run_tiler("inpaint", src, tmp_path / "reference.tif", *args)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "out.tif"
+    workdir = Path(f"{out}.tiler")
+    kill_part_way(("inpaint", src, out, "-q", *args), workdir, tmp_path / "killed.log",
+                  stage="denoise", after=2)
+    assert not out.exists()
+    finished = done_count(workdir, "denoise")
+    resumed = run_tiler("inpaint", src, out, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stderr
+    total = 16
+    assert f"denoise {total - finished}/{total}" in resumed.stderr
+    np.testing.assert_array_equal(read_raster(out)[0], read_raster(tmp_path / "reference.tif")[0])
+
+
+def test_seam_report_reads_an_inpainted_output(tmp_path, inpaint_model):
+    import json
+
+    src = make_raster(tmp_path / "in.tif", width=48, height=40)
+    mask, _ = mask_file(tmp_path / "mask.tif", 40, 48, [(8, 30, 8, 40)])
+    out = tmp_path / "out.tif"
+    assert run_tiler("inpaint", src, out, "--model", inpaint_model, "--mask", mask, *CLI).returncode == 0
+    result = run_tiler("qa", out, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["geometry"]["scale"] == 4 and report["boundaries"]["tile"] > 0

@@ -83,7 +83,8 @@ class SeamGeometry:
 
     @classmethod
     def from_plan(cls, plan) -> "SeamGeometry":
-        return cls(tile=plan.grid.tile, overlap=plan.grid.overlap, scale=plan.scale,
+        # output px per latent px: the upscale factor times the latent factor (inpainting: f)
+        return cls(tile=plan.grid.tile, overlap=plan.grid.overlap, scale=plan.scale * plan.factor,
                    region=plan.grid.region)
 
     def tile_grid(self, width: int, height: int) -> TileGrid:
