@@ -26,14 +26,16 @@ def decode_tiles(core: Box, tile: int) -> list[Box]:
 
 
 def decode_chunk(decode_batch, read_latent, core: Box, tile: int, halo: int, scale: int,
-                 channels: int, batch_size: int = 4) -> np.ndarray:
+                 channels: int, batch_size: int = 4, wanted=None) -> np.ndarray:
     """Pixels (channels, h*scale, w*scale) of latent box ``core``.
 
     ``read_latent(box) -> (C, h, w) float32`` reads the blended latent (reflected past the edges);
     ``decode_batch(latents (n, C, h, w)) -> (n, channels, h*scale, w*scale)`` runs the decoder.
-    Windows have one shape (tile + 2 * halo) wherever they fall, like UNet tiles."""
-    pixels = np.empty((channels, core.y.size * scale, core.x.size * scale), dtype=np.float32)
-    tiles = decode_tiles(core, tile)
+    Windows have one shape (tile + 2 * halo) wherever they fall, like UNet tiles. ``wanted(piece)``,
+    if given, picks the decode tiles to decode; the others' pixels are left NaN (inpainting decodes
+    only the tiles holding masked pixels)."""
+    pixels = np.full((channels, core.y.size * scale, core.x.size * scale), np.nan, dtype=np.float32)
+    tiles = [piece for piece in decode_tiles(core, tile) if wanted is None or wanted(piece)]
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start:start + batch_size]
         windows = [_window(piece, tile, halo) for piece in batch]

@@ -8,8 +8,9 @@ denoise   read the region canvas's pixels and mask (with an encoder margin), enc
           (masked px = -1), mask at latent size (+1 fill / -1 keep), run the fused lockstep sampler
           over the region's tiles near the mask; store the latent they cover (NaN elsewhere)
 assemble  blend the latents of the regions touching a chunk -> ``latent``
-decode    a chunk without masked px copies the input; otherwise decode its windows (latent px no
-          tile computed: the encoded image), and composite: masked px decoded, others copied
+decode    a chunk without masked px copies the input; otherwise decode the windows of its decode
+          tiles that hold masked px (latent px no tile computed: the encoded image), and
+          composite: masked px decoded, others copied
 """
 
 from __future__ import annotations
@@ -89,9 +90,14 @@ class InpaintTask(SuperResolutionTask):
         fill = self.mask.read(box)
         if fill.any():
             spec = self.plan.diffusion
+
+            def holds_mask(piece: Box) -> bool:  # decode only the decode tiles with masked px
+                rows, cols = self.pixel_box(piece).relative_to(box)
+                return bool(fill[rows, cols].any())
+
             decoded = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
                                    spec.decode_halo, self.f, self.model.image_channels,
-                                   self.model.decode_batch_size)[:, :box.y.size, :box.x.size]
+                                   self.model.decode_batch_size, holds_mask)[:, :box.y.size, :box.x.size]
             values = self.denormalise(decoded)
             pixels = self.composite(pixels, values, fill)
         engine.write_core(self.store, "output", box, pixels)
@@ -159,6 +165,5 @@ class InpaintTask(SuperResolutionTask):
         from ..raster import to_dtype
 
         out = pixels.copy()
-        filled = to_dtype(values.astype(np.float32), self.plan.output.dtype)
-        out[:, fill] = filled[:, fill]
+        out[:, fill] = to_dtype(values[:, fill].astype(np.float32), self.plan.output.dtype)
         return out
