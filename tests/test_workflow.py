@@ -15,6 +15,13 @@ import rasterio
 from conftest import NORTH_UP, make_raster, read_raster, run_tiler, shown_lines
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint_model(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_inpaint_model
+
+    return save_tiny_inpaint_model(tmp_path_factory.mktemp("models") / "tiny-inpaint")
 EXAMPLES = sorted((REPO / "workflows").glob("*.yaml"))
 TINY_GRID = {"tile": 16, "overlap": 4, "region": 24, "halo": 4, "steps": 2, "decode-tile": 16,
              "decode-halo": 4, "device": "cpu"}
@@ -156,33 +163,53 @@ def test_two_files_writing_one_output_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
-def test_examples_validate_and_dry_run(tmp_path, example, tiny_model):
-    """Each example, copied beside generated scans, dry-runs (the LDM steps with the tiny model:
-    the hub model is not on this machine); those classical or tiny models serve are then run."""
-    make_scans(tmp_path, count=2)
-    for extra in example.parent.glob("*.txt"):
-        shutil.copy(extra, tmp_path)
+def test_examples_validate_and_dry_run(tmp_path, example, tiny_model, tiny_inpaint_model):
+    """Each example, copied beside generated rasters (and masks where it names them), dry-runs
+    (LDM steps with the tiny models: the real ones are not on this machine), then runs."""
+    import yaml
+
     workflow = tmp_path / example.name
     shutil.copy(example, workflow)
-    overrides = ldm_overrides(workflow, tiny_model)
+    for extra in example.parent.glob("*.txt"):
+        shutil.copy(extra, tmp_path)
+    data = yaml.safe_load(example.read_text())
+    folder = tmp_path / Path(data["inputs"][0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    scans = [make_raster(folder / f"scan{i}.tif", width=24, height=20, seed=i) for i in range(2)]
+    for step in data["steps"]:
+        if step.get("mask"):
+            for scan in scans:
+                make_mask(tmp_path / step["mask"].format(stem=scan.stem), 20, 24)
+    overrides = model_overrides(data, tiny_model, tiny_inpaint_model)
     dry = run_tiler("run", workflow, "--dry-run", *overrides)
-    assert dry.returncode == 0, dry.stderr
+    assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "total: 2 files" in dry.stdout and "would run" in dry.stdout
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     result = run_tiler("run", workflow, "-q", *overrides)
     assert result.returncode == 0, result.stderr
 
 
-def ldm_overrides(workflow: Path, tiny_model: Path) -> list[str]:
-    """--set options pointing the workflow's LDM steps at the tiny model, with a small grid."""
-    import yaml
+def make_mask(path: Path, height: int, width: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    area = np.zeros((1, height, width), dtype="uint8")
+    area[0, 4:9, 6:12] = 1
+    return make_raster(path, data=area)
 
+
+def model_overrides(data: dict, tiny_model: Path, tiny_inpaint_model: Path) -> list[str]:
+    """--set options pointing the workflow's LDM steps at the tiny models, with a small grid."""
     overrides = []
-    for index, step in enumerate(yaml.safe_load(workflow.read_text())["steps"]):
-        if step["task"] == "upscale" and step.get("model") in (None, "") or \
-                str(step.get("model", "")).startswith("CompVis/"):
-            overrides += ["--set", f"steps[{index}].model={tiny_model}"]
-            overrides += [part for key, value in TINY_GRID.items()
+    for index, step in enumerate(data["steps"]):
+        model = None
+        if step["task"] == "inpaint":
+            model = tiny_inpaint_model
+        elif step["task"] == "upscale" and str(step.get("model", "CompVis/")).startswith("CompVis/"):
+            model = tiny_model
+        if model is not None:
+            overrides += ["--set", f"steps[{index}].model={model}"]
+            grid = TINY_GRID | ({"tile": 8, "overlap": 2, "region": 8, "halo": 2, "decode-tile": 8,
+                                 "decode-halo": 2} if step["task"] == "inpaint" else {})
+            overrides += [part for key, value in grid.items()
                           for part in ("--set", f"steps[{index}].{key}={value}")]
     return overrides
 
@@ -204,7 +231,7 @@ steps:
     (("    scale: 4", "    scale: 4\n    overlapp: 2"), 7, ["steps[0].overlapp", "unknown key",
                                                           "did you mean 'overlap'"]),
     (("    task: upscale", "    task: upscal"), 4, ["steps[0].task", "'upscal' is not a task",
-                                                    "upscale, export"]),
+                                                    "upscale, inpaint, export"]),
     (('"out/{stem}_x4.tif"', '"out/{stme}_x4.tif"'), 7, ["steps[0].output", "{stme}", "{stem}"]),
     (('    output: "out/{stem}_x4.tif"\n', ""), 3, ["steps[0].output", "missing"]),
     (("steps:", "cluster: {cluster: yarn}\nsteps:"), 2, ["cluster.cluster", "'yarn'", "'local'"]),
@@ -212,8 +239,10 @@ steps:
     (("    scale: 4", "    scale: 4\n    scale: 5"), 7, ["steps[0].scale", "duplicate key"]),
     (("    scale: 4", "    scale: [4"), 7, ["not valid YAML"]),
     (("inputs:", "inputz:"), 1, ["inputz", "unknown key"]),
+    (("    task: upscale\n    model: nearest\n    scale: 4", "    task: inpaint\n    model: m"), 3,
+     ["steps[0]: steps with task inpaint need exactly one of mask, mask-nodata, mask-band; got none"]),
 ], ids=["value", "unknown-key", "task", "template", "missing", "cluster", "defaults", "duplicate",
-        "yaml", "top-level"])
+        "yaml", "top-level", "inpaint-mask"])
 def test_schema_errors_name_file_line_and_key_path(tmp_path, edit, line, fragments):
     make_scans(tmp_path, count=1)
     workflow = write_workflow(tmp_path, GOOD.replace(*edit))

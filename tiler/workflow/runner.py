@@ -25,11 +25,12 @@ import numpy as np
 
 from ..errors import BadParameter, TilerError, first_line
 from ..plan import Plan
-from .schema import UpscaleStep, Workflow
+from .schema import SamplingKeys, Workflow
 from .source import Source, WorkflowError
 
 # the CLI option a library error names -> the step key it comes from
-OPTION_KEYS = {"-b/--bidx": "bidx", "OUTPUT": "output", "--range": "range", "--model": "model"}
+OPTION_KEYS = {"-b/--bidx": "bidx", "OUTPUT": "output", "--range": "range", "--model": "model",
+               "--mask-band": "mask-band", "--dilate": "dilate"}
 
 
 @dataclass
@@ -95,7 +96,7 @@ def output_path(template: str, input_file: Path, step: str, base: Path) -> Path:
 
 
 # --- planning -------------------------------------------------------------------------------------
-def plan_step(step, input_file: Path, output: Path, info=None) -> Plan:
+def plan_step(step, input_file: Path, output: Path, info=None, mask: Path | None = None) -> Plan:
     """The step's plan, as ``tiler upscale`` / ``tiler export`` would make it. ``info``: the input's
     description when it is not made yet (then an LDM step on non-uint8 data assumes its dtype's
     range for the estimate; the real run reads the range from the file)."""
@@ -106,6 +107,9 @@ def plan_step(step, input_file: Path, output: Path, info=None) -> Plan:
                            creation_overrides=step.co, info=info)
     from ..tasks.superres import DiffusionOptions
 
+    if step.task == "inpaint" and info is not None:
+        raise TilerError("an inpaint step reads its input and mask when planned: it can follow "
+                         "another step only once that step's output exists (run without --dry-run)")
     value_range = step.range
     if info is not None and step.uses_model and value_range is None and info.dtype != "uint8":
         limits = np.finfo(info.dtype) if np.issubdtype(np.dtype(info.dtype), np.floating) else np.iinfo(info.dtype)
@@ -114,6 +118,16 @@ def plan_step(step, input_file: Path, output: Path, info=None) -> Plan:
                                  device=step.device, dtype=step.dtype, value_range=value_range,
                                  decode_tile=step.decode_tile, decode_halo=step.decode_halo,
                                  allow_pickle=step.allow_pickle)
+    if step.task == "inpaint":
+        from ..inpaint import plan_inpaint
+        from ..mask import MaskSpec
+
+        source = "file" if step.mask else ("nodata" if step.mask_nodata else "band")
+        spec = MaskSpec(source, str(mask) if mask else None, step.mask_band, step.dilate)
+        return plan_inpaint(input_file, output, model=step.model, mask=spec, bands=step.bidx,
+                            output_format=step.format, creation_overrides=step.co, tile=step.tile,
+                            overlap=step.overlap, region=step.region, halo=step.halo,
+                            diffusion=diffusion)
     return plan_upscale(input_file, output, model=step.model, scale=step.scale, bands=step.bidx,
                         output_format=step.format, creation_overrides=step.co, tile=step.tile,
                         overlap=step.overlap, region=step.region, halo=step.halo, info=info,
@@ -174,7 +188,7 @@ class WorkflowRunner:
             upstream = self.workflow.source_of(index)
             try:
                 if upstream is None:
-                    plan = plan_step(step, file, output)
+                    plan = plan_step(step, file, output, mask=self.mask_path(step, file))
                 else:
                     before = outcome.steps[upstream]
                     if before.status == "failed":
@@ -182,7 +196,8 @@ class WorkflowRunner:
                     _check_readable(before, self.source, upstream)
                     made = before.status == "up to date"
                     plan = plan_step(step, Path(before.output), output,
-                                     info=None if made else before.plan.output_info())
+                                     info=None if made else before.plan.output_info(),
+                                     mask=self.mask_path(step, file))
             except TilerError as exc:
                 outcome.steps.append(StepOutcome(step.name, str(output), "failed",
                                                  error=self._explain(index, exc)))
@@ -190,6 +205,11 @@ class WorkflowRunner:
             status = "up to date" if stored_identity(output) == product_identity(plan) else "would run"
             outcome.steps.append(StepOutcome(step.name, str(output), status, plan))
         return outcome
+
+    def mask_path(self, step, file: Path) -> Path | None:
+        """An inpaint step's mask file for the workflow input ``file`` (a template)."""
+        mask = getattr(step, "mask", None)
+        return output_path(mask, file, step.name, self.base) if mask else None
 
     def _explain(self, index: int, error: TilerError) -> str:
         """The error with the key path (and line) of the step option it is about."""
@@ -235,7 +255,8 @@ class WorkflowRunner:
         planned = outcome.steps[index]
         upstream = self.workflow.source_of(index)
         input_file = outcome.input if upstream is None else Path(outcome.steps[upstream].output)
-        plan = plan_step(step, input_file, Path(planned.output))  # the input exists now
+        plan = plan_step(step, input_file, Path(planned.output),  # the input exists now
+                         mask=self.mask_path(step, outcome.input))
         output = Path(planned.output)
         stored = stored_identity(output) if output.exists() else None
         if stored == product_identity(plan):
@@ -267,7 +288,7 @@ class WorkflowRunner:
 
         if not self._connected:
             self._connected = True
-            uses_gpu = any(isinstance(step, UpscaleStep) and step.uses_model and step.device != "cpu"
+            uses_gpu = any(getattr(step, "uses_model", False) and step.device != "cpu"
                            for step in self.workflow.steps)
             kind = choose_cluster(self.execution, uses_gpu)
             if kind != "threads":
@@ -286,7 +307,7 @@ def _check_readable(before: StepOutcome, source: Source, upstream: int):
 def _runtime(step):
     from ..tasks.superres import RuntimeOptions
 
-    if isinstance(step, UpscaleStep):
+    if isinstance(step, SamplingKeys):
         return RuntimeOptions(device=step.device, batch_size=step.batch_size, compile=step.compile,
                               allow_pickle=step.allow_pickle)
     return RuntimeOptions()

@@ -7,7 +7,7 @@ defaults: {device: cuda}           # shared by every step whose task takes the k
 cluster: {cluster: local}          # as --cluster, --scheduler, --workers, --retries
 steps:
   - name: up
-    task: upscale                  # upscale | export
+    task: upscale                  # upscale | inpaint | export
     model: nearest
     scale: 4
     output: "out/{stem}_x4.tif"    # {stem} {name} {input_dir} {step}
@@ -21,7 +21,7 @@ steps:
 from __future__ import annotations
 
 import string
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,7 +30,22 @@ from ..models import DEFAULT_SR_MODEL
 
 TEMPLATE_FIELDS = ("stem", "name", "input_dir", "step")
 INPUTS = "inputs"  # ``input: inputs``: a step reading the workflow's input file
-TASKS = ("upscale", "export")
+TASKS = ("upscale", "inpaint", "export")
+
+
+def check_template(value: str | None) -> str | None:
+    """A path template (output, workdir, mask) may use only TEMPLATE_FIELDS."""
+    if value is None:
+        return value
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid template ({exc})") from None
+    unknown = [name for name in names if name not in TEMPLATE_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown template field {{{unknown[0]}}} in {value!r}; expected "
+                         + ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS))
+    return value
 
 
 def _cli_name(name: str) -> str:
@@ -56,17 +71,7 @@ class StepBase(BaseModel):
     @field_validator("output", "workdir")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a valid template ({exc})") from None
-        unknown = [name for name in names if name not in TEMPLATE_FIELDS]
-        if unknown:
-            raise ValueError(f"unknown template field {{{unknown[0]}}} in {value!r}; expected "
-                             + ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS))
-        return value
+        return check_template(value)
 
     @field_validator("co", mode="before")
     @classmethod
@@ -97,10 +102,9 @@ class ExportStep(StepBase):
     task: Literal["export"]
 
 
-class UpscaleStep(StepBase):
-    task: Literal["upscale"]
-    model: str = DEFAULT_SR_MODEL
-    scale: int | None = Field(default=None, ge=1, le=16)
+class SamplingKeys(BaseModel):
+    """The LDM options shared by the generative steps (the CLI's flags of the same names)."""
+
     tile: int | None = Field(default=None, ge=1)
     overlap: int | None = Field(default=None, ge=0)
     region: int | None = Field(default=None, ge=1)
@@ -126,6 +130,12 @@ class UpscaleStep(StepBase):
             return f"{value[0]},{value[1]}"
         return value
 
+
+class UpscaleStep(StepBase, SamplingKeys):
+    task: Literal["upscale"]
+    model: str = DEFAULT_SR_MODEL
+    scale: int | None = Field(default=None, ge=1, le=16)
+
     @property
     def uses_model(self) -> bool:
         from ..resample import KERNELS
@@ -133,8 +143,32 @@ class UpscaleStep(StepBase):
         return self.model not in KERNELS
 
 
-Step = Annotated[Union[UpscaleStep, ExportStep], Field(discriminator="task")]
-STEP_CLASSES = {"upscale": UpscaleStep, "export": ExportStep}
+class InpaintStep(StepBase, SamplingKeys):
+    task: Literal["inpaint"]
+    model: str
+    mask: str | None = None  # a template, like output: e.g. "masks/{stem}_clouds.tif"
+    mask_nodata: bool = False
+    mask_band: int | None = Field(default=None, ge=1)
+    dilate: int = Field(default=0, ge=0)
+    uses_model: ClassVar[bool] = True  # an LDM step, as an upscale step with an LDM model
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_template(cls, value: str | None) -> str | None:
+        return check_template(value)
+
+    @model_validator(mode="after")
+    def _one_mask(self) -> "InpaintStep":
+        given = [key for key, value in (("mask", self.mask), ("mask-nodata", self.mask_nodata),
+                                        ("mask-band", self.mask_band)) if value]
+        if len(given) != 1:
+            raise ValueError(f"steps with task inpaint need exactly one of mask, mask-nodata, "
+                             f"mask-band; got {', '.join(given) or 'none'}")
+        return self
+
+
+Step = Annotated[Union[UpscaleStep, InpaintStep, ExportStep], Field(discriminator="task")]
+STEP_CLASSES = {"upscale": UpscaleStep, "inpaint": InpaintStep, "export": ExportStep}
 
 
 def step_keys(task: str) -> set[str]:

@@ -26,15 +26,20 @@ class Source:
     lines: dict[KeyPath, int] = field(default_factory=dict)  # key path -> 1-based line
     overridden: set[KeyPath] = field(default_factory=set)  # key paths set by --set
 
+    def line_of(self, path: KeyPath) -> int:
+        """The line of ``path`` or of its closest ancestor (0 if none)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return 0
+
     def where(self, path: KeyPath) -> str:
         """``file:line: key.path`` for a key path (its closest ancestor's line if it has none)."""
         shown = key_path_text(path)
         if any(path[:len(set_path)] == set_path for set_path in self.overridden):
             return f"{self.path}: {shown} (from --set)"
-        for end in range(len(path), -1, -1):
-            if path[:end] in self.lines:
-                return f"{self.path}:{self.lines[path[:end]]}: {shown}"
-        return f"{self.path}: {shown}"
+        line = self.line_of(path)
+        return f"{self.path}:{line}: {shown}" if line else f"{self.path}: {shown}"
 
 
 def key_path_text(path: KeyPath) -> str:

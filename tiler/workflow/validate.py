@@ -17,7 +17,8 @@ def parse_workflow(source: Source) -> Workflow:
     try:
         return Workflow.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(source, error, from_defaults) for error in exc.errors()]
+        errors = sorted(exc.errors(), key=lambda error: source.line_of(_key_path(error["loc"])))
+        problems = [_describe(source, error, from_defaults) for error in errors]  # in file order
         raise WorkflowError("\n".join(dict.fromkeys(problems))) from None
 
 
@@ -67,7 +68,8 @@ def _describe(source: Source, error: dict, from_defaults: dict[int, set[str]]) -
     message = error["msg"].removeprefix("Value error, ")
     if kind == "value_error" and len(path) == 0:  # a whole-workflow check names its own key path
         return f"{source.path}: {message}"
-    return f"{source.where(path)}: {value!r}: {message[0].lower() + message[1:]}"
+    shown = "" if isinstance(value, dict) else f"{value!r}: "  # a whole step: its own message says
+    return f"{source.where(path)}: {shown}{message[0].lower() + message[1:]}"
 
 
 def _key_path(loc: tuple) -> KeyPath:
