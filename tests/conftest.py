@@ -135,3 +135,21 @@ def kill_part_way(args, workdir: Path, log: Path, timeout: float = 120.0, stage:
     if process.returncode != -signal.SIGKILL:
         pytest.fail(f"tiler finished (exit {process.returncode}) before the kill; make the input "
                     "larger so that processing takes longer")
+
+
+def assert_resumes_after_kill(command: str, src, args, tmp_path: Path, regions: int):
+    """``tiler COMMAND SRC OUT ARGS`` SIGKILLed after 2 denoised regions resumes (computing only the
+    rest) to the output of an uninterrupted run."""
+    reference = run_tiler(command, src, tmp_path / "reference.tif", *args)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "out.tif"
+    workdir = Path(f"{out}.tiler")
+    kill_part_way((command, src, out, "-q", *args), workdir, tmp_path / "killed.log",
+                  stage="denoise", after=2)
+    assert not out.exists()
+    finished = done_count(workdir, "denoise")
+    resumed = run_tiler(command, src, out, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stderr
+    assert f"denoise {regions - finished}/{regions}" in resumed.stderr
+    np.testing.assert_array_equal(read_raster(out)[0], read_raster(tmp_path / "reference.tif")[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NORTH_UP, make_raster, read_raster, run_tiler, shown_lines
+from conftest import NORTH_UP, assert_resumes_after_kill, make_raster, read_raster, run_tiler, shown_lines
 from test_errors import assert_no_output, assert_one_error
 from tiler.cluster import ExecutionOptions
 from tiler.inpaint import plan_inpaint
@@ -119,26 +119,11 @@ def test_full_mask_is_generated_with_a_warning(tmp_path, inpaint_model):
 
 
 def test_killed_run_resumes_to_the_same_output(tmp_path, inpaint_model):
-    from conftest import done_count, kill_part_way
-
     src = make_raster(tmp_path / "in.tif", width=128, height=128)
     squares = [(y, y + 3, x, x + 3) for y in range(2, 128, 16) for x in range(2, 128, 16)]
     mask, _ = mask_file(tmp_path / "mask.tif", 128, 128, squares)
     args = ("--model", inpaint_model, "--mask", mask, *CLI, "--steps", "6", "--workers", "1")
-    reference = run_tiler("inpaint", src, tmp_path / "reference.tif", *args)
-    assert reference.returncode == 0, reference.stderr
-    out = tmp_path / "out.tif"
-    workdir = Path(f"{out}.tiler")
-    kill_part_way(("inpaint", src, out, "-q", *args), workdir, tmp_path / "killed.log",
-                  stage="denoise", after=2)
-    assert not out.exists()
-    finished = done_count(workdir, "denoise")
-    resumed = run_tiler("inpaint", src, out, *args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "(resumed)" in resumed.stderr
-    total = 16
-    assert f"denoise {total - finished}/{total}" in resumed.stderr
-    np.testing.assert_array_equal(read_raster(out)[0], read_raster(tmp_path / "reference.tif")[0])
+    assert_resumes_after_kill("inpaint", src, args, tmp_path, regions=16)
 
 
 def test_seam_report_reads_an_inpainted_output(tmp_path, inpaint_model):

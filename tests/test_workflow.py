@@ -22,6 +22,14 @@ def tiny_inpaint_model(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_inpaint_model
 
     return save_tiny_inpaint_model(tmp_path_factory.mktemp("models") / "tiny-inpaint")
+@pytest.fixture(scope="module")
+def tiny_synthesis_model(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_synthesis_model
+
+    # COCO-Stuff's 182 classes, as the real model (and the example's class mapping)
+    return save_tiny_synthesis_model(tmp_path_factory.mktemp("models") / "tiny-synthesis", classes=182)
+
+
 EXAMPLES = sorted((REPO / "workflows").glob("*.yaml"))
 TINY_GRID = {"tile": 16, "overlap": 4, "region": 24, "halo": 4, "steps": 2, "decode-tile": 16,
              "decode-halo": 4, "device": "cpu"}
@@ -163,24 +171,31 @@ def test_two_files_writing_one_output_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
-def test_examples_validate_and_dry_run(tmp_path, example, tiny_model, tiny_inpaint_model):
-    """Each example, copied beside generated rasters (and masks where it names them), dry-runs
-    (LDM steps with the tiny models: the real ones are not on this machine), then runs."""
+def test_examples_validate_and_dry_run(tmp_path, example, tiny_model, tiny_inpaint_model,
+                                      tiny_synthesis_model):
+    """Each example, copied beside generated rasters (label maps for a synthesis example, masks
+    where it names them), dry-runs (LDM steps with the tiny models: the real ones are not on this
+    machine), then runs."""
     import yaml
 
     workflow = tmp_path / example.name
     shutil.copy(example, workflow)
     for extra in example.parent.glob("*.txt"):
         shutil.copy(extra, tmp_path)
+    shutil.copytree(example.parent / "classes", tmp_path / "classes")
     data = yaml.safe_load(example.read_text())
     folder = tmp_path / Path(data["inputs"][0]).parent
     folder.mkdir(parents=True, exist_ok=True)
-    scans = [make_raster(folder / f"scan{i}.tif", width=24, height=20, seed=i) for i in range(2)]
+    if data["steps"][0]["task"] == "synthesize":
+        scans = [make_landcover(folder / f"map{i}.tif", 20, 24, seed=i) for i in range(2)]
+    else:
+        scans = [make_raster(folder / f"scan{i}.tif", width=24, height=20, seed=i) for i in range(2)]
     for step in data["steps"]:
         if step.get("mask"):
             for scan in scans:
                 make_mask(tmp_path / step["mask"].format(stem=scan.stem), 20, 24)
-    overrides = model_overrides(data, tiny_model, tiny_inpaint_model)
+    overrides = model_overrides(data, {"upscale": tiny_model, "inpaint": tiny_inpaint_model,
+                                       "synthesize": tiny_synthesis_model})
     dry = run_tiler("run", workflow, "--dry-run", *overrides)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "total: 2 files" in dry.stdout and "would run" in dry.stdout
@@ -196,19 +211,28 @@ def make_mask(path: Path, height: int, width: int):
     return make_raster(path, data=area)
 
 
-def model_overrides(data: dict, tiny_model: Path, tiny_inpaint_model: Path) -> list[str]:
+def make_landcover(path: Path, height: int, width: int, seed: int):
+    """A map of WorldCover codes (the example's class mapping), 0 = no data in a corner."""
+    codes = np.array([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100], dtype="uint8")
+    y, x = np.mgrid[0:height, 0:width]
+    labels = codes[1 + ((y // 5 + x // 6 + seed) % (len(codes) - 1))]
+    labels[:3, :3] = 0
+    return make_raster(path, data=labels[None], nodata=0)
+
+
+def model_overrides(data: dict, tiny_models: dict[str, Path]) -> list[str]:
     """--set options pointing the workflow's LDM steps at the tiny models, with a small grid."""
     overrides = []
     for index, step in enumerate(data["steps"]):
         model = None
-        if step["task"] == "inpaint":
-            model = tiny_inpaint_model
+        if step["task"] in ("inpaint", "synthesize"):
+            model = tiny_models[step["task"]]
         elif step["task"] == "upscale" and str(step.get("model", "CompVis/")).startswith("CompVis/"):
-            model = tiny_model
+            model = tiny_models["upscale"]
         if model is not None:
             overrides += ["--set", f"steps[{index}].model={model}"]
             grid = TINY_GRID | ({"tile": 8, "overlap": 2, "region": 8, "halo": 2, "decode-tile": 8,
-                                 "decode-halo": 2} if step["task"] == "inpaint" else {})
+                                 "decode-halo": 2} if step["task"] != "upscale" else {})
             overrides += [part for key, value in grid.items()
                           for part in ("--set", f"steps[{index}].{key}={value}")]
     return overrides
@@ -231,7 +255,7 @@ steps:
     (("    scale: 4", "    scale: 4\n    overlapp: 2"), 7, ["steps[0].overlapp", "unknown key",
                                                           "did you mean 'overlap'"]),
     (("    task: upscale", "    task: upscal"), 4, ["steps[0].task", "'upscal' is not a task",
-                                                    "upscale, inpaint, export"]),
+                                                    "upscale, inpaint, synthesize, export"]),
     (('"out/{stem}_x4.tif"', '"out/{stme}_x4.tif"'), 7, ["steps[0].output", "{stme}", "{stem}"]),
     (('    output: "out/{stem}_x4.tif"\n', ""), 3, ["steps[0].output", "missing"]),
     (("steps:", "cluster: {cluster: yarn}\nsteps:"), 2, ["cluster.cluster", "'yarn'", "'local'"]),

@@ -125,8 +125,7 @@ def _write_gtiff(workdir: Workdir, path: Path, options: dict[str, str], progress
     boxes = list(_chunk_boxes(source))
     with rasterio.open(path, "w", **profile) as dst:
         dst.update_tags(**{PLAN_TAG: plan.model_dump_json()})
-        for index, band in enumerate(plan.bands, start=1):
-            description = plan.input.descriptions[band - 1]
+        for index, description in enumerate(plan.output_descriptions(), start=1):
             if description:
                 dst.set_band_description(index, description)
         with _progress(len(boxes), "export", progress) as bar:

@@ -9,15 +9,11 @@ from pathlib import Path
 
 from .errors import BadParameter, InputError
 from .mask import MaskReader, MaskSpec, check_mask, touched_tiles
-from .plan import MaskPlan, Plan, build_plan
+from .plan import MaskPlan, Plan
 from .raster import describe, parse_bands
 from .tasks.superres import DiffusionOptions
 
 log = logging.getLogger("tiler")
-
-# Latent px, as for super-resolution (the CompVis inpainting model was trained at 64 and runs
-# convolutionally on larger latents); the output chunk is 256 latent px = 1024 input px.
-GRID_DEFAULTS = dict(tile=64, overlap=16, region=512, halo=32, chunk=256)
 
 
 def default_output(input_path: Path, fmt: str | None) -> Path:
@@ -29,39 +25,28 @@ def default_output(input_path: Path, fmt: str | None) -> Path:
 def plan_inpaint(input_path, output_path=None, *, model: str, mask: MaskSpec, bands: str | None = None,
                  output_format: str | None = None, creation_overrides: dict[str, str] | None = None,
                  tile: int | None = None, overlap: int | None = None, region: int | None = None,
-                 halo: int | None = None, chunk: int | None = None,
+                 halo: int | None = None,
                  diffusion: DiffusionOptions | None = None) -> Plan:
     """Describe input and mask, check the model folder (no weights loaded), scan the mask for the
     tiles to compute, and work out the run."""
-    from . import models
-    from .export import creation_options, format_for
-    from .model_card import read_card
-    from .tasks.superres import sampling_spec
-    from .upscale import _grid_sizes
+    from .generative import plan_generative
+    from .model_card import inspect_model
 
     info = describe(input_path)
     band_list = parse_bands(bands, info)
     check_mask(mask, info, band_list)
     diffusion = diffusion or DiffusionOptions()
-    model_dir = models.resolve_model_dir(model, allow_pickle=diffusion.allow_pickle)
-    card = read_card(model_dir)
-    if card.task != "inpaint":
-        raise BadParameter("--model", f"{model} is a {card.task} model; expected an inpaint model")
-    weights = models.check_weights(model_dir, ("unet", card.first_stage), allow_pickle=diffusion.allow_pickle)
-    first_stage = models._read_json(model_dir / card.first_stage / "config.json")
-    factor = 2 ** (len(first_stage["block_out_channels"]) - 1)
-    if len(band_list) not in (1, first_stage["in_channels"]):
+    folder = inspect_model(model, "inpaint", allow_pickle=diffusion.allow_pickle)
+    channels = folder.first_stage["in_channels"]
+    if len(band_list) not in (1, channels):
         raise BadParameter("-b/--bidx", f"{len(band_list)} bands selected; model {model} takes "
-                           f"{first_stage['in_channels']} bands (or 1, repeated)")
-    sizes = _grid_sizes(GRID_DEFAULTS, tile, overlap, region, halo)
-    sizes["chunk"] = chunk or GRID_DEFAULTS["chunk"]
-    spec = sampling_spec(model_dir, weights, first_stage["latent_channels"], info, band_list, diffusion)
+                           f"{channels} bands (or 1, repeated)")
     output = Path(output_path) if output_path else default_output(Path(input_path), output_format)
-    fmt = format_for(output, output_format)
-    plan = build_plan(info, model=model, scale=1, context=0, bands=band_list, output=output,
-                      output_format=fmt, creation_options=creation_options(info.dtype, fmt, creation_overrides or {}),
-                      diffusion=spec, task="inpaint", factor=factor,
-                      mask=MaskPlan(source=mask.source, masked_px=0, tiles_touched=0), **sizes)
+    plan = plan_generative(info, band_list, folder, model=model, task="inpaint", output=output,
+                           output_format=output_format, creation_overrides=creation_overrides,
+                           grid=dict(tile=tile, overlap=overlap, region=region, halo=halo),
+                           diffusion=diffusion,
+                           mask=MaskPlan(source=mask.source, masked_px=0, tiles_touched=0))
     return plan.model_copy(update={"mask": _scan(mask, info, band_list, plan)})
 
 

@@ -27,6 +27,7 @@ multiplier: 0.5, method: bilinear}``. Reading a card checks the folders and the 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
@@ -180,3 +181,41 @@ def write_card(model_dir, card: ModelCard) -> Path:
     path = Path(model_dir) / CARD
     path.write_text(yaml.safe_dump(card.model_dump(mode="json", by_alias=True), sort_keys=False))
     return path
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """What planning needs of a model folder, read without loading weights."""
+
+    path: Path
+    card: ModelCard
+    weights: dict  # component -> its (first) weights file
+    first_stage: dict  # the first stage's config
+    unet: dict  # the UNet's config
+
+    @property
+    def factor(self) -> int:
+        """Input px per latent px: the first stage's downsampling."""
+        return 2 ** (len(self.first_stage["block_out_channels"]) - 1)
+
+    @property
+    def tile_multiple(self) -> int:
+        """Latent tiles must be a multiple of this for the UNet's downsamplings."""
+        return 2 ** (len(self.unet["block_out_channels"]) - 1)
+
+
+def inspect_model(model: str, task: str, allow_pickle: bool = False) -> ModelFolder:
+    """The folder of ``model`` (a path or hub id), checked to hold a ``task`` model."""
+    from . import models
+
+    model_dir = models.resolve_model_dir(model, allow_pickle=allow_pickle)
+    card = read_card(model_dir)
+    if card.task != task:
+        from .errors import BadParameter
+
+        raise BadParameter("--model", f"{model} is a {card.task} model; expected "
+                           f"{'an' if task[0] in 'aeiou' else 'a'} {task} model")
+    weights = models.check_weights(model_dir, ("unet", card.first_stage), allow_pickle=allow_pickle)
+    return ModelFolder(path=model_dir, card=card, weights=weights,
+                       first_stage=models._read_json(model_dir / card.first_stage / "config.json"),
+                       unet=models._read_json(model_dir / "unet" / "config.json"))

@@ -100,9 +100,23 @@ class MaskPlan(_Frozen):
         return MaskSpec(self.source, self.path, self.band, self.dilate)
 
 
+class LabelPlan(_Frozen):
+    """Semantic synthesis: the model class of every value found in the label raster (None: no
+    class, the output px is nodata), where the mapping came from, and what the scan counted."""
+
+    classes_file: str | None = None  # None: raster values are the model's class ids
+    classes: int  # the model's class count
+    mapping: tuple[tuple[int, int | None], ...]  # (raster value, class id or None), sorted
+    labelled_px: int
+    unlabelled_px: int  # nodata or mapped to None
+
+    def table(self) -> dict[int, int | None]:
+        return dict(self.mapping)
+
+
 class Plan(_Frozen):
     version: int = PLAN_VERSION
-    task: Literal["upscale", "inpaint"] = "upscale"
+    task: Literal["upscale", "inpaint", "synthesize"] = "upscale"
     model: str
     scale: int
     bands: tuple[int, ...]
@@ -113,6 +127,7 @@ class Plan(_Frozen):
     diffusion: DiffusionSpec | None = None
     factor: int = 1  # input px per latent px (1: the latent grid is the input grid, as for LDM-SR)
     mask: MaskPlan | None = None
+    labels: LabelPlan | None = None
 
     @property
     def is_classical(self) -> bool:
@@ -140,7 +155,15 @@ class Plan(_Frozen):
                           dtype=out.dtype, nodata=out.nodata, crs_wkt=self.input.crs_wkt,
                           transform=out.transform or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
                           georeferenced=out.transform is not None,
-                          descriptions=tuple(self.input.descriptions[b - 1] for b in self.bands))
+                          descriptions=self.output_descriptions())
+
+    def output_descriptions(self) -> tuple[str, ...]:
+        """Band descriptions of the output: the processed bands' own, or, where the output's bands
+        are not the input's (synthesis makes RGB from labels), the colour names."""
+        if self.output.count != len(self.bands):
+            return ("red", "green", "blue", "alpha")[:self.output.count] if self.output.count <= 4 \
+                else ("",) * self.output.count
+        return tuple(self.input.descriptions[b - 1] for b in self.bands)
 
     @property
     def output_fill(self) -> float:
@@ -172,7 +195,15 @@ class Plan(_Frozen):
             "overhead_factor": round(grid.overhead_factor(), 4),
             "workdir_bytes_max": self.workdir_bytes(),
             "fingerprint": self.fingerprint,
-        } | self._diffusion_summary() | self._mask_summary()
+        } | self._diffusion_summary() | self._mask_summary() | self._labels_summary()
+
+    def _labels_summary(self) -> dict:
+        if self.labels is None:
+            return {}
+        labels = self.labels
+        return {"classes_file": labels.classes_file or "(raster values are class ids)",
+                "label_values": len(labels.mapping), "model_classes": labels.classes,
+                "unlabelled_px": labels.unlabelled_px}
 
     def _mask_summary(self) -> dict:
         if self.mask is None:
@@ -202,7 +233,8 @@ class Plan(_Frozen):
         side = self.grid.region + 2 * self.grid.halo
         if self.diffusion is not None:  # region latents + blended latent, float32
             channels = self.diffusion.latent_channels
-            size += (ny * nx * side * side + self.input.width * self.input.height) * channels * 4
+            grid = self.tile_grid()
+            size += (ny * nx * side * side + grid.width * grid.height) * channels * 4
         elif self.grid.halo > 0:  # region pixels, float32
             size += ny * nx * out.count * (side * self.scale) ** 2 * 4
         return size
@@ -218,7 +250,8 @@ def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands:
                output: Path, output_format: OutputFormat, creation_options: dict[str, str],
                tile: int, overlap: int, region: int, halo: int, chunk: int,
                diffusion: DiffusionSpec | None = None, task: str = "upscale", factor: int = 1,
-               mask: MaskPlan | None = None) -> Plan:
+               **task_fields) -> Plan:
+    """The plan of a run; ``task_fields``: the task's own (``mask``, ``labels``)."""
     transform = (tuple(output_transform(info.affine, scale))[:6] if info.georeferenced else None)
     return Plan(
         model=model, scale=scale, bands=bands, context=context,
@@ -228,7 +261,7 @@ def build_plan(info: RasterInfo, *, model: str, scale: int, context: int, bands:
                           creation_options=creation_options, dtype=info.dtype, nodata=info.nodata,
                           width=info.width * scale, height=info.height * scale, count=len(bands),
                           transform=transform),
-        diffusion=diffusion, task=task, factor=factor, mask=mask,
+        diffusion=diffusion, task=task, factor=factor, **task_fields,
     )
 
 

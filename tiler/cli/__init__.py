@@ -14,6 +14,7 @@ from .inpaint import inpaint_command
 from .plan import plan_command
 from .qa import qa_command
 from .run import run_command
+from .synthesize import synthesize_command
 from .upscale import upscale_command
 
 
@@ -29,3 +30,4 @@ main.add_command(qa_command)
 main.add_command(export_command)
 main.add_command(run_command)
 main.add_command(inpaint_command)
+main.add_command(synthesize_command)

@@ -62,42 +62,73 @@ def upscale_arguments(command):
         click.option("--scale", type=int,
                      help="Upscaling factor (classical models; default 4). LDM models fix their own."),
         *output_options(),
-        click.option("--tile", type=int, help="Tile size in latent px [model default]."),
-        click.option("--overlap", type=int, help="Tile overlap in latent px [model default]."),
-        click.option("--region", type=int, help="Region (unit of work) size in latent px [model default]."),
-        click.option("--halo", type=int, help="Extra latent px around each region [model default]."),
-        click.option("--steps", type=int, help="LDM: denoising steps [50]."),
-        click.option("--eta", type=float, help="LDM: DDIM eta, 0 = deterministic [0]."),
-        click.option("--seed", type=int, help="LDM: seed of the keyed noise [0]."),
-        click.option("--sampler", help="LDM: ddim, dpm++, dpm++-sde, euler, heun, lms, pndm, unipc "
-                                       "or a diffusers scheduler class name [ddim]."),
-        click.option("--device", default="auto", show_default=True, help="LDM: auto, cpu, cuda, cuda:N."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-                     help="LDM: float32 on CPU, bfloat16 on CUDA by default."),
-        click.option("--range", "value_range", metavar="MIN,MAX",
-                     help="LDM: raster values mapped to the model's [-1, 1] [uint8: 0,255; else "
-                          "0.1/99.9 percentiles of the whole raster]."),
-        click.option("--decode-tile", type=int, help="LDM: VQ decode tile in latent px [128]."),
-        click.option("--decode-halo", type=int, help="LDM: VQ decode halo in latent px [32]."),
-        click.option("--allow-pickle", is_flag=True,
-                     help="LDM: allow pickle (.bin) weights, which can run code when loaded."),
+        *ldm_options("LDM: ", None, "VQ decode halo in latent px [16].", ranged=True),
     ])
 
 
-def run_and_report(plan, *, workdir, overwrite, keep_workdir, cluster, scheduler, workers, retries,
-                   batch_size, compile_model, device, allow_pickle, quiet):
-    """Run ``plan`` with the run, execution and model options of the CLI; print the summary."""
+def ldm_options(prefix: str, grid: dict | None, decode_halo: str, ranged: bool) -> list:
+    """The grid and sampling options of the LDM commands; ``prefix`` marks them in a command that
+    also runs classical models, ``grid`` holds the grid defaults (None: the model's), ``ranged``
+    adds --range."""
+    def default(key: str) -> str:
+        return str(grid[key]) if grid else "model default"
+
+    options = [
+        click.option("--tile", type=int, help=f"Tile size in latent px [{default('tile')}]."),
+        click.option("--overlap", type=int, help=f"Tile overlap in latent px [{default('overlap')}]."),
+        click.option("--region", type=int,
+                     help=f"Region (unit of work) size in latent px [{default('region')}]."),
+        click.option("--halo", type=int, help=f"Extra latent px around each region [{default('halo')}]."),
+        click.option("--steps", type=int, help=f"{prefix}Denoising steps [50]."),
+        click.option("--eta", type=float, help=f"{prefix}DDIM eta, 0 = deterministic [0]."),
+        click.option("--seed", type=int, help=f"{prefix}Seed of the keyed noise [0]."),
+        click.option("--sampler", help=f"{prefix}ddim, dpm++, dpm++-sde, euler, heun, lms, pndm, "
+                                       "unipc or a diffusers scheduler class name [ddim]."),
+        click.option("--device", default="auto", show_default=True,
+                     help=f"{prefix}auto, cpu, cuda, cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+                     help=f"{prefix}float32 on CPU, bfloat16 on CUDA by default."),
+        click.option("--decode-tile", type=int, help=f"{prefix}VQ decode tile in latent px [128]."),
+        click.option("--decode-halo", type=int, help=prefix + decode_halo),
+        click.option("--allow-pickle", is_flag=True,
+                     help=f"{prefix}Allow pickle (.bin) weights, which can run code when loaded."),
+    ]
+    if ranged:
+        options.insert(10, click.option(
+            "--range", "value_range", metavar="MIN,MAX",
+            help=f"{prefix}Raster values mapped to the model's [-1, 1] [uint8: 0,255; else 0.1/99.9 "
+                 "percentiles of the whole raster]."))
+    return options
+
+
+def model_run_options(command):
+    """How a model runs, never what it computes (the generative commands; upscale has its own)."""
+    return apply(command, [
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="Tiles per UNet call [16 on CUDA, 4 on CPU]; never changes the result."),
+        click.option("--compile", "compile_model", is_flag=True, help="torch.compile the UNet and VQ."),
+    ])
+
+
+def run_or_print(plan, params: dict):
+    """``--dry-run``: print the plan; otherwise run it with the command's run, execution and model
+    options and print the summary."""
     from ..cluster import ExecutionOptions
     from ..tasks.superres import RuntimeOptions
     from ..upscale import run_upscale
+    from .plan import print_plan
 
-    runtime = RuntimeOptions(device=device, batch_size=batch_size, compile=compile_model,
-                             allow_pickle=allow_pickle)
-    report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
-                         progress=not quiet, runtime=runtime,
-                         execution=ExecutionOptions.from_config(cluster=cluster, scheduler=scheduler,
-                                                                workers=workers, retries=retries))
-    report_run(plan, report, quiet)
+    if params["dry_run"]:
+        print_plan(plan, params["as_json"])
+        return
+    runtime = RuntimeOptions(device=params["device"], batch_size=params["batch_size"],
+                             compile=params["compile_model"], allow_pickle=params["allow_pickle"])
+    execution = ExecutionOptions.from_config(**{key: params[key] for key in (
+        "cluster", "scheduler", "workers", "retries")})
+    report = run_upscale(plan, workdir=params["workdir"], overwrite=params["overwrite"],
+                         keep_workdir=params["keep_workdir"], progress=not params["quiet"],
+                         runtime=runtime, execution=execution)
+    report_run(plan, report, params["quiet"])
 
 
 def report_run(plan, report, quiet: bool):
@@ -112,15 +143,42 @@ def report_run(plan, report, quiet: bool):
 
 
 def plan_kwargs(params: dict) -> dict:
-    from ..tasks.superres import DiffusionOptions
-
     keys = ("model", "scale", "bands", "output_format", "tile", "overlap", "region", "halo")
     kwargs = {key: params[key] for key in keys}
     kwargs["creation_overrides"] = params["creation_options"]
-    kwargs["diffusion"] = DiffusionOptions(
-        **{key: params[key] for key in ("steps", "eta", "seed", "sampler", "device", "dtype",
-                                         "value_range", "decode_tile", "decode_halo", "allow_pickle")})
+    kwargs["diffusion"] = diffusion_options(params)
     return kwargs
+
+
+def diffusion_options(params: dict):
+    """The sampling options among a command's parameters (--range only where it has one)."""
+    from ..tasks.superres import DiffusionOptions
+
+    return DiffusionOptions(value_range=params.get("value_range"), **{key: params[key] for key in (
+        "steps", "eta", "seed", "sampler", "device", "dtype", "decode_tile", "decode_halo",
+        "allow_pickle")})
+
+
+def generative_options(output: list, decode_halo: str, ranged: bool):
+    """Every option of a command on tiler's model-directory format (inpaint, synthesize) after its
+    own: ``output`` (how the output is written), the grid and sampling options, how the model runs,
+    the run, where it runs, --dry-run, verbosity; errors reported as one line."""
+    from ..generative import GRID_DEFAULTS
+
+    def decorate(command):
+        command = apply(command, output + ldm_options("", GRID_DEFAULTS, decode_halo, ranged))
+        for decorator in (model_run_options, run_options, execution_options, dry_run_options,
+                          verbosity):
+            command = decorator(command)
+        return reports_errors(command)
+    return decorate
+
+
+def dry_run_options(command):
+    return apply(command, [
+        click.option("--dry-run", is_flag=True, help="Print the plan and exit."),
+        click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."),
+    ])
 
 
 def execution_options(command):

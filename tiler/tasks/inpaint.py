@@ -21,26 +21,13 @@ from .. import engine
 from ..decode import decode_chunk
 from ..grid import Box, Span
 from ..plan import Plan
-from ..raster import SourceReader, read_reflected, valid_mask
+from ..raster import SourceReader, valid_mask
+from .latent_grid import LatentGridTask, array_specs  # noqa: F401
 # the same stages and units as super-resolution
-from .superres import MODEL_STAGES, STAGES, SuperResolutionTask, stages, unit_names, unit_shapes  # noqa: F401
+from .superres import MODEL_STAGES, STAGES, stages, unit_names, unit_shapes  # noqa: F401
 
 
-def array_specs(plan: Plan) -> dict[str, dict]:
-    grid, channels, chunk = plan.tile_grid(), plan.diffusion.latent_channels, plan.grid.chunk
-    out, side = plan.output, plan.grid.chunk * plan.factor
-    specs = {"output": dict(shape=(out.count, out.height, out.width),
-                            chunks=(out.count, min(side, out.height), min(side, out.width)),
-                            dtype=out.dtype, fill_value=plan.output_fill)}
-    specs.update(engine.regions_spec(plan, channels, scale=1))
-    specs["latent"] = dict(shape=(channels, grid.height, grid.width),
-                           chunks=(channels, min(chunk, grid.height), min(chunk, grid.width)),
-                           dtype="float32", fill_value=float("nan"))
-    specs.update(engine.done_specs(unit_shapes(plan)))
-    return specs
-
-
-class InpaintTask(SuperResolutionTask):
+class InpaintTask(LatentGridTask):
     """Runs one unit of each stage; the SR task's sampling, assembly and value mapping, with the
     inpainting conditioning, tile selection and composite."""
 
@@ -50,9 +37,6 @@ class InpaintTask(SuperResolutionTask):
         super().__init__(plan, store, reader, model, batch_size)
         from ..mask import MaskReader
 
-        self.unit_shapes = unit_shapes(plan)
-        self.unit_names = unit_names(plan)
-        self.f = plan.factor
         self.mask = MaskReader(plan.mask.spec(), reader.info, plan.bands)
         self.margin = plan.diffusion.decode_halo  # latent px around the mask that are denoised
         self.encode_margin = plan.diffusion.decode_halo  # latent px of encoder context
@@ -104,12 +88,6 @@ class InpaintTask(SuperResolutionTask):
         self.store.mark_done("decode", index)
 
     # --- inpainting specifics ----------------------------------------------------------------
-    def pixel_box(self, latent_box: Box) -> Box:
-        """Input px of a latent box, clipped to the raster."""
-        scaled = latent_box.scale(self.f)
-        return Box(Span(scaled.y.start, min(scaled.y.stop, self.plan.input.height)),
-                   Span(scaled.x.start, min(scaled.x.stop, self.plan.input.width)))
-
     def latent_mask(self, latent_box: Box) -> np.ndarray:
         """True where any input px of a latent px is to be filled."""
         from ..mask import _to_latent
@@ -151,9 +129,7 @@ class InpaintTask(SuperResolutionTask):
 
     def read_latent(self, box: Box) -> np.ndarray:
         """The assembled latent over ``box``; where no tile was computed, the encoded image."""
-        latent = self.store.array("latent")
-        grid = self.grid
-        values = read_reflected(lambda rows, cols: latent[:, rows, cols], box, grid.height, grid.width)
+        values = super().read_latent(box)
         missing = np.isnan(values)
         if missing.any():
             image, _ = self.normalised(box.scale(self.f))

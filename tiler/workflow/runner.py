@@ -30,7 +30,8 @@ from .source import Source, WorkflowError
 
 # the CLI option a library error names -> the step key it comes from
 OPTION_KEYS = {"-b/--bidx": "bidx", "OUTPUT": "output", "--range": "range", "--model": "model",
-               "--mask-band": "mask-band", "--dilate": "dilate"}
+               "--mask-band": "mask-band", "--dilate": "dilate", "--classes": "classes"}
+FILE_KEYS = ("mask", "classes")  # step keys naming a file per input (templates, like output)
 
 
 @dataclass
@@ -96,10 +97,11 @@ def output_path(template: str, input_file: Path, step: str, base: Path) -> Path:
 
 
 # --- planning -------------------------------------------------------------------------------------
-def plan_step(step, input_file: Path, output: Path, info=None, mask: Path | None = None) -> Plan:
-    """The step's plan, as ``tiler upscale`` / ``tiler export`` would make it. ``info``: the input's
+def plan_step(step, input_file: Path, output: Path, info=None, files: dict | None = None) -> Plan:
+    """The step's plan, as the CLI command of its task would make it. ``info``: the input's
     description when it is not made yet (then an LDM step on non-uint8 data assumes its dtype's
-    range for the estimate; the real run reads the range from the file)."""
+    range for the estimate; the real run reads the range from the file); ``files``: the step's
+    own files (``mask``, ``classes``) resolved for this input."""
     from ..upscale import plan_export, plan_upscale
 
     if step.task == "export":
@@ -107,9 +109,10 @@ def plan_step(step, input_file: Path, output: Path, info=None, mask: Path | None
                            creation_overrides=step.co, info=info)
     from ..tasks.superres import DiffusionOptions
 
-    if step.task == "inpaint" and info is not None:
-        raise TilerError("an inpaint step reads its input and mask when planned: it can follow "
-                         "another step only once that step's output exists (run without --dry-run)")
+    files = files or {}
+    if step.task in ("inpaint", "synthesize") and info is not None:
+        raise TilerError(f"a {step.task} step reads its input when planned: it can follow another "
+                         "step only once that step's output exists (run without --dry-run)")
     value_range = step.range
     if info is not None and step.uses_model and value_range is None and info.dtype != "uint8":
         limits = np.finfo(info.dtype) if np.issubdtype(np.dtype(info.dtype), np.floating) else np.iinfo(info.dtype)
@@ -123,11 +126,19 @@ def plan_step(step, input_file: Path, output: Path, info=None, mask: Path | None
         from ..mask import MaskSpec
 
         source = "file" if step.mask else ("nodata" if step.mask_nodata else "band")
+        mask = files.get("mask")
         spec = MaskSpec(source, str(mask) if mask else None, step.mask_band, step.dilate)
         return plan_inpaint(input_file, output, model=step.model, mask=spec, bands=step.bidx,
                             output_format=step.format, creation_overrides=step.co, tile=step.tile,
                             overlap=step.overlap, region=step.region, halo=step.halo,
                             diffusion=diffusion)
+    if step.task == "synthesize":
+        from ..synthesize import plan_synthesize
+
+        return plan_synthesize(input_file, output, model=step.model, classes_file=files.get("classes"),
+                               bands=step.bidx, output_format=step.format, creation_overrides=step.co,
+                               tile=step.tile, overlap=step.overlap, region=step.region,
+                               halo=step.halo, diffusion=diffusion)
     return plan_upscale(input_file, output, model=step.model, scale=step.scale, bands=step.bidx,
                         output_format=step.format, creation_overrides=step.co, tile=step.tile,
                         overlap=step.overlap, region=step.region, halo=step.halo, info=info,
@@ -188,7 +199,7 @@ class WorkflowRunner:
             upstream = self.workflow.source_of(index)
             try:
                 if upstream is None:
-                    plan = plan_step(step, file, output, mask=self.mask_path(step, file))
+                    plan = plan_step(step, file, output, files=self.step_files(step, file))
                 else:
                     before = outcome.steps[upstream]
                     if before.status == "failed":
@@ -197,7 +208,7 @@ class WorkflowRunner:
                     made = before.status == "up to date"
                     plan = plan_step(step, Path(before.output), output,
                                      info=None if made else before.plan.output_info(),
-                                     mask=self.mask_path(step, file))
+                                     files=self.step_files(step, file))
             except TilerError as exc:
                 outcome.steps.append(StepOutcome(step.name, str(output), "failed",
                                                  error=self._explain(index, exc)))
@@ -206,10 +217,11 @@ class WorkflowRunner:
             outcome.steps.append(StepOutcome(step.name, str(output), status, plan))
         return outcome
 
-    def mask_path(self, step, file: Path) -> Path | None:
-        """An inpaint step's mask file for the workflow input ``file`` (a template)."""
-        mask = getattr(step, "mask", None)
-        return output_path(mask, file, step.name, self.base) if mask else None
+    def step_files(self, step, file: Path) -> dict[str, Path]:
+        """A step's own files (an inpaint mask, a synthesis class mapping: templates) for the
+        workflow input ``file``."""
+        return {key: output_path(getattr(step, key), file, step.name, self.base)
+                for key in FILE_KEYS if getattr(step, key, None)}
 
     def _explain(self, index: int, error: TilerError) -> str:
         """The error with the key path (and line) of the step option it is about."""
@@ -256,7 +268,7 @@ class WorkflowRunner:
         upstream = self.workflow.source_of(index)
         input_file = outcome.input if upstream is None else Path(outcome.steps[upstream].output)
         plan = plan_step(step, input_file, Path(planned.output),  # the input exists now
-                         mask=self.mask_path(step, outcome.input))
+                         files=self.step_files(step, outcome.input))
         output = Path(planned.output)
         stored = stored_identity(output) if output.exists() else None
         if stored == product_identity(plan):

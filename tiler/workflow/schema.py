@@ -7,7 +7,7 @@ defaults: {device: cuda}           # shared by every step whose task takes the k
 cluster: {cluster: local}          # as --cluster, --scheduler, --workers, --retries
 steps:
   - name: up
-    task: upscale                  # upscale | inpaint | export
+    task: upscale                  # upscale | inpaint | synthesize | export
     model: nearest
     scale: 4
     output: "out/{stem}_x4.tif"    # {stem} {name} {input_dir} {step}
@@ -30,7 +30,7 @@ from ..models import DEFAULT_SR_MODEL
 
 TEMPLATE_FIELDS = ("stem", "name", "input_dir", "step")
 INPUTS = "inputs"  # ``input: inputs``: a step reading the workflow's input file
-TASKS = ("upscale", "inpaint", "export")
+TASKS = ("upscale", "inpaint", "synthesize", "export")
 
 
 def check_template(value: str | None) -> str | None:
@@ -167,8 +167,28 @@ class InpaintStep(StepBase, SamplingKeys):
         return self
 
 
-Step = Annotated[Union[UpscaleStep, InpaintStep, ExportStep], Field(discriminator="task")]
-STEP_CLASSES = {"upscale": UpscaleStep, "inpaint": InpaintStep, "export": ExportStep}
+class SynthesizeStep(StepBase, SamplingKeys):
+    task: Literal["synthesize"]
+    model: str
+    classes: str | None = None  # a template, like output: e.g. "{input_dir}/legend.yaml"
+    uses_model: ClassVar[bool] = True
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_template(cls, value: str | None) -> str | None:
+        return check_template(value)
+
+    @model_validator(mode="after")
+    def _no_range(self) -> "SynthesizeStep":
+        if self.range is not None:
+            raise ValueError("steps with task synthesize take no range: labels are class ids and "
+                             "the output is 8-bit RGB")
+        return self
+
+
+Step = Annotated[Union[UpscaleStep, InpaintStep, SynthesizeStep, ExportStep], Field(discriminator="task")]
+STEP_CLASSES = {"upscale": UpscaleStep, "inpaint": InpaintStep, "synthesize": SynthesizeStep,
+                "export": ExportStep}
 
 
 def step_keys(task: str) -> set[str]:
