@@ -178,3 +178,37 @@ def test_missing_cluster_extra_names_the_package(tmp_path, monkeypatch):
     with pytest.raises(BadParameter) as raised:
         run_upscale(plan, execution=ExecutionOptions(cluster="slurm"))
     assert "dask-jobqueue" in str(raised.value) and "ldm-tiler[slurm]" in str(raised.value)
+
+
+def test_inpaint_and_synthesis_on_a_cluster_give_the_in_process_output(tmp_path, cluster):
+    """The model-directory tasks on worker processes, their one-unit statistics stages included
+    (the inpainting first stage shares its GroupNorm statistics through the workdir)."""
+    from test_inpaint import GRID as SMALL_GRID, mask_file
+    from test_synthesize import land_cover
+    from tiler.inpaint import plan_inpaint
+    from tiler.mask import MaskSpec
+    from tiler.synthesize import plan_synthesize
+    from tiny_models import save_tiny_inpaint_model, save_tiny_synthesis_model
+
+    options = DiffusionOptions(steps=2, decode_tile=8, decode_halo=2, device="cpu")
+    src = make_raster(tmp_path / "in.tif", width=40, height=36)
+    mask, _ = mask_file(tmp_path / "mask.tif", 36, 40, [(6, 30, 10, 20)])
+    labels, _ = land_cover(tmp_path / "labels.tif", values=(0, 1, 2, 3))
+    inpaint_model = save_tiny_inpaint_model(tmp_path / "inpaint")
+    synthesis_model = save_tiny_synthesis_model(tmp_path / "synthesis", classes=4)
+    plans = {
+        "inpaint": lambda out: plan_inpaint(src, out, model=str(inpaint_model), diffusion=options,
+                                            mask=MaskSpec("file", str(mask)), **SMALL_GRID),
+        "synthesize": lambda out: plan_synthesize(labels, out, model=str(synthesis_model),
+                                                  diffusion=options, **SMALL_GRID),
+    }
+    for task, plan_for in plans.items():
+        outputs = []
+        for where in ("threads", "dask"):
+            out = tmp_path / f"{task}-{where}.tif"
+            execution = (ExecutionOptions(cluster="threads", workers=2) if where == "threads"
+                         else ExecutionOptions(scheduler=cluster.scheduler_address))
+            report = run_upscale(plan_for(out), runtime=RuntimeOptions(device="cpu"), execution=execution)
+            outputs.append(read_raster(out)[0])
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert [stage.name for stage in report.stages][:2] == ["denoise", "assemble"]  # synthesis: no encoder

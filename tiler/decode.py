@@ -5,7 +5,9 @@ Each tile is decoded from a window grown by ``halo`` latent px on every side (re
 raster edge) and only its core is kept, so every output px comes from exactly one decode and no
 window is decoded twice. The SR decoder has a global attention in its mid block, so a window's
 result differs from a whole-canvas decode, most near its edges; the halo keeps the core's error
-small (``benchmarks/superres_gpu.py`` measures it against the halo). The windows of a chunk depend
+small (``benchmarks/superres_gpu.py`` measures it against the halo). A first stage without
+attention, given shared GroupNorm statistics (tiler/norm_stats.py), is exact with a halo covering
+its reach (``benchmarks/tiled_decode_error.py``). The windows of a chunk depend
 only on the plan; how many are decoded per call is the device's choice (the decoder is made batch
 invariant on CPU).
 """

@@ -79,6 +79,8 @@ class DiffusionSpec(_Frozen):
     latent_channels: int
     decode_tile: int
     decode_halo: int
+    # a first stage without attention: one set of GroupNorm statistics per run (tiler/norm_stats.py)
+    shared_norm: bool = False
 
 
 class MaskPlan(_Frozen):

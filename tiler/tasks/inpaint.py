@@ -22,16 +22,13 @@ from ..decode import decode_chunk
 from ..grid import Box, Span
 from ..plan import Plan
 from ..raster import SourceReader, valid_mask
-from .latent_grid import LatentGridTask, array_specs  # noqa: F401
-# the same stages and units as super-resolution
-from .superres import MODEL_STAGES, STAGES, stages, unit_names, unit_shapes  # noqa: F401
+from .latent_grid import MODEL_STAGES, LatentGridTask, array_specs, stages, unit_names, unit_shapes  # noqa: F401
 
 
 class InpaintTask(LatentGridTask):
     """Runs one unit of each stage; the SR task's sampling, assembly and value mapping, with the
     inpainting conditioning, tile selection and composite."""
 
-    stages = STAGES
 
     def __init__(self, plan: Plan, store, reader: SourceReader, model, batch_size: int | None):
         super().__init__(plan, store, reader, model, batch_size)
@@ -79,7 +76,7 @@ class InpaintTask(LatentGridTask):
                 rows, cols = self.pixel_box(piece).relative_to(box)
                 return bool(fill[rows, cols].any())
 
-            decoded = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
+            decoded = decode_chunk(self.decoder(), self.read_latent, core, spec.decode_tile,
                                    spec.decode_halo, self.f, self.model.image_channels,
                                    self.model.decode_batch_size, holds_mask)[:, :box.y.size, :box.x.size]
             values = self.denormalise(decoded)
@@ -116,13 +113,18 @@ class InpaintTask(LatentGridTask):
             image = np.repeat(image, self.model.image_channels, axis=0)
         return image, valid.all(axis=0)
 
+    def encoder_input(self, box: Box) -> np.ndarray:
+        """The masked image over latent ``box``, as ``condition`` encodes it."""
+        image, _ = self.normalised(box.scale(self.f))
+        return np.where(self.mask.read(box.scale(self.f))[None], np.float32(-1), image)
+
     def condition(self, canvas: Box) -> np.ndarray:
         """encode(masked image) ++ mask at latent size (+1 fill, -1 keep) over ``canvas``."""
         outer = canvas.grow(self.encode_margin)
         image, _ = self.normalised(outer.scale(self.f))
         fill = self.mask.read(outer.scale(self.f))
         masked = np.where(fill[None], np.float32(-1), image)  # CompVis: (1 - mask) * image, then *2-1
-        encoded = self.model.encode_pixels(masked[None])[0]
+        encoded = self.encode(masked[None])[0]
         rows, cols = canvas.relative_to(outer)
         mask_latent = np.where(fill[::self.f, ::self.f], 1.0, -1.0).astype(np.float32)[None]
         return np.concatenate([encoded[:, rows, cols], mask_latent[:, rows, cols]])
@@ -133,7 +135,7 @@ class InpaintTask(LatentGridTask):
         missing = np.isnan(values)
         if missing.any():
             image, _ = self.normalised(box.scale(self.f))
-            values = np.where(missing, self.model.encode_pixels(image[None])[0], values)
+            values = np.where(missing, self.encode(image[None])[0], values)
         return values
 
     def composite(self, pixels: np.ndarray, values: np.ndarray, fill: np.ndarray) -> np.ndarray:

@@ -91,7 +91,7 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
 
 
 def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: tuple[int, ...],
-                  options: DiffusionOptions) -> DiffusionSpec:
+                  options: DiffusionOptions, shared_norm: bool = False) -> DiffusionSpec:
     """The options with their defaults, checked; device and dtype resolved; the value range."""
     from .. import models
     from ..raster import parse_value_range, value_range
@@ -106,7 +106,8 @@ def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: t
               else value_range(info, bands))
     return DiffusionSpec(
         model_dir=str(model_dir.resolve()), weights=_weights_identity(weights.values()),
-        dtype=dtype, value_range=limits, latent_channels=latent_channels, **chosen)
+        dtype=dtype, value_range=limits, latent_channels=latent_channels, shared_norm=shared_norm,
+        **chosen)
 
 
 def _check_positive(chosen: dict):
@@ -245,8 +246,10 @@ class ModelRunner:
     """The loaded model as the sampler and the decoder call it: device placement, dtype,
     channels_last, optional torch.compile, inference mode, one scheduler per region."""
 
-    def __init__(self, model, sampler: str, compile: bool):
+    def __init__(self, model, sampler: str, compile: bool, shared_norm: bool = False):
         import torch
+
+        from .. import norm_stats
 
         self.model = model
         self.device = model.device
@@ -256,8 +259,12 @@ class ModelRunner:
         self.image_channels = int(model.vqvae.config.out_channels)
         self.channels_last = self.device.type == "cuda"
         self.unet = torch.compile(model.unet) if compile else model.unet
-        self.vq_decode = torch.compile(model.vqvae.decode) if compile else model.vqvae.decode
-        self.vq_encode = torch.compile(model.vqvae.encode) if compile else model.vqvae.encode
+        # shared statistics switch per call and per thread: the first stage stays eager then
+        self.encoder_norms = norm_stats.install(model.vqvae.encoder) if shared_norm else 0
+        self.decoder_norms = norm_stats.install(model.vqvae.decoder) if shared_norm else 0
+        compile_first_stage = compile and not shared_norm
+        self.vq_decode = torch.compile(model.vqvae.decode) if compile_first_stage else model.vqvae.decode
+        self.vq_encode = torch.compile(model.vqvae.encode) if compile_first_stage else model.vqvae.encode
         self.default_batch_size = 16 if self.device.type == "cuda" else 4
         self.decode_batch_size = 16 if self.device.type == "cuda" else 4  # windows per decode call
 
@@ -268,8 +275,8 @@ class ModelRunner:
         spec = plan.diffusion
         load = load_sr_model if plan.task == "upscale" else load_ldm_model
         model = load(spec.model_dir, device=runtime.device, dtype=spec.dtype,
-                              allow_pickle=runtime.allow_pickle)
-        return cls(model, spec.sampler, runtime.compile)
+                     allow_pickle=runtime.allow_pickle)
+        return cls(model, spec.sampler, runtime.compile, spec.shared_norm)
 
     def limit_threads(self, threads: int):
         if self.device.type == "cpu":
@@ -297,20 +304,26 @@ class ModelRunner:
         with torch.inference_mode():
             return self.unet(self._prepare(inputs), timestep).sample
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_pixels(self, pixels: np.ndarray, norms=None) -> np.ndarray:
         """(n, channels, h*f, w*f) pixels in [-1, 1] -> (n, C, h, w) latents, not quantized (the
-        inpainting model's conditioning, as CompVis encodes it)."""
+        inpainting model's conditioning, as CompVis encodes it). ``norms``: the run's shared
+        GroupNorm statistics, or a ``norm_stats.Recorder`` measuring them (None: per call)."""
         import torch
 
-        with torch.inference_mode():
+        from .. import norm_stats
+
+        with torch.inference_mode(), norm_stats.using(norms):
             latents = self.vq_encode(self._prepare(self.to_device(pixels))).latents
         return latents.float().cpu().numpy()
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: np.ndarray, norms=None) -> np.ndarray:
         """(n, C, h, w) latents -> (n, channels, h*f, w*f) pixels in about [-1, 1], float32.
-        The VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does."""
+        The VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does. ``norms`` as
+        for ``encode_pixels``."""
         import torch
 
-        with torch.inference_mode():
+        from .. import norm_stats
+
+        with torch.inference_mode(), norm_stats.using(norms):
             pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
         return pixels.float().cpu().numpy()

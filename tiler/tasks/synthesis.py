@@ -22,15 +22,12 @@ from ..decode import decode_chunk
 from ..grid import Box
 from ..plan import Plan
 from ..raster import to_pixels
-from .latent_grid import LatentGridTask, array_specs  # noqa: F401
-# the same stages and units as super-resolution
-from .superres import MODEL_STAGES, STAGES, stages, unit_names, unit_shapes  # noqa: F401
+from .latent_grid import MODEL_STAGES, LatentGridTask, array_specs, stages, unit_names, unit_shapes  # noqa: F401
 
 
 class SynthesisTask(LatentGridTask):
     """Runs one unit of each stage: the SR task's sampling and assembly with label conditioning."""
 
-    stages = STAGES
 
     def __init__(self, plan: Plan, store, reader, model, batch_size: int | None):
         super().__init__(plan, store, reader, model, batch_size)
@@ -48,7 +45,7 @@ class SynthesisTask(LatentGridTask):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
         box = self.pixel_box(core)
         spec = self.plan.diffusion
-        decoded = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
+        decoded = decode_chunk(self.decoder(), self.read_latent, core, spec.decode_tile,
                                spec.decode_halo, self.f, self.model.image_channels,
                                self.model.decode_batch_size)[:, :box.y.size, :box.x.size]
         values = self.denormalise(decoded)
