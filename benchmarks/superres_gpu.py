@@ -26,23 +26,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CONFIG = REPO / "benchmarks" / "configs" / "ldm-super-resolution-4x.json"
 UNET_GFLOP_128 = 322.6  # per forward at 128 x 128 latent, batch 1 (scales with the pixel count)
 PEAK_TFLOPS = {"cuda": 989.0}  # H100 SXM dense bf16
 
 
 def build_model(folder: Path, seed: int = 0) -> Path:
     """The real architecture with random weights, saved in the LDMSuperResolutionPipeline layout."""
-    import torch
-    from diffusers import UNet2DModel, VQModel
-    from diffusers.schedulers import DDIMScheduler
+    from real_models import read_config, save_components
 
-    config = json.loads(CONFIG.read_text())
-    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
-    torch.manual_seed(seed)
-    UNet2DModel(**strip(config["unet"])).save_pretrained(folder / "unet")
-    VQModel(**strip(config["vqvae"])).save_pretrained(folder / "vqvae")
-    DDIMScheduler(**strip(config["scheduler"])).save_pretrained(folder / "scheduler")
+    save_components(folder, read_config("ldm-super-resolution-4x"), seed)
     index = {"_class_name": "LDMSuperResolutionPipeline", "_diffusers_version": "0.42.1",
              "unet": ["diffusers", "UNet2DModel"], "vqvae": ["diffusers", "VQModel"],
              "scheduler": ["diffusers", "DDIMScheduler"]}
