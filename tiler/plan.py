@@ -224,7 +224,7 @@ class Plan(_Frozen):
         return {"model_dir": spec.model_dir, "sampler": spec.sampler, "steps": spec.steps,
                 "eta": spec.eta, "seed": spec.seed, "model_dtype": spec.dtype,
                 "value_range": list(spec.value_range), "decode_tile": spec.decode_tile,
-                "decode_halo": spec.decode_halo,
+                "decode_halo": spec.decode_halo, "shared_norm": spec.shared_norm,
                 "unet_evaluations": self.tile_grid().computed_tile_count() * spec.steps}
 
     def workdir_bytes(self) -> int:
