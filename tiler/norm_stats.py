@@ -93,10 +93,11 @@ def _forward(norm, index: int, plain, x):
 
 def sample_boxes(height: int, width: int, side: int, count: int) -> list[tuple[int, int]]:
     """Top-left corners of up to ``count`` windows of ``side`` px spread evenly over a
-    ``height`` x ``width`` grid (a pure function of the plan: the same on every worker)."""
+    ``height`` x ``width`` grid, centred in the cells of a lattice (away from the borders, where a
+    scene often has no data); a pure function of the plan, the same on every worker."""
     per_axis = max(1, int(np.sqrt(count)))
 
     def starts(length: int) -> list[int]:
         last = max(0, length - side)
-        return sorted({round(last * i / max(1, per_axis - 1)) for i in range(per_axis)})
+        return sorted({round(last * (i + 0.5) / per_axis) for i in range(per_axis)})
     return [(y, x) for y in starts(height) for x in starts(width)]
