@@ -452,6 +452,10 @@ def _load_components(model_dir: Path, weights: dict[str, Path], scheduler_config
                 torch_dtype=torch_dtype, low_cpu_mem_usage=is_accelerate_available())
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             raise ModelError(f"{folder}: cannot load a {model_class.__name__}: {first_line(error)}") from error
+        if component == "unet":  # a converted CompVis UNet may fix its attention heads
+            from .convert.config import restore_attention_heads
+
+            restore_attention_heads(module)
         module.eval().requires_grad_(False)
         module.to(torch_device)
         if torch_device.type == "cuda":

@@ -9,6 +9,7 @@ import click
 os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 from .. import __version__
+from .convert import convert_command
 from .export import export_command
 from .inpaint import inpaint_command
 from .plan import plan_command
@@ -31,3 +32,4 @@ main.add_command(export_command)
 main.add_command(run_command)
 main.add_command(inpaint_command)
 main.add_command(synthesize_command)
+main.add_command(convert_command)
