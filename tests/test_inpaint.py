@@ -18,10 +18,11 @@ from tiler.tasks.superres import DiffusionOptions, ModelRunner, RuntimeOptions
 from tiler.upscale import run_upscale
 from tiny_models import save_tiny_inpaint_model
 
+# small latent grid and few steps: seconds per run with the tiny models
 GRID = dict(tile=8, overlap=2, region=8, halo=2)
 FAST = DiffusionOptions(steps=3, decode_tile=8, decode_halo=2, device="cpu")
-CLI = ("--tile", "8", "--overlap", "2", "--region", "8", "--halo", "2", "--steps", "3",
-       "--decode-tile", "8", "--decode-halo", "2", "--device", "cpu")
+CLI = tuple(part for key, value in (GRID | {"steps": 3, "decode-tile": 8, "decode-halo": 2,
+                                            "device": "cpu"}).items() for part in (f"--{key}", str(value)))
 
 
 @pytest.fixture(scope="module")

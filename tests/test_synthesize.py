@@ -12,17 +12,14 @@ import pytest
 
 from conftest import NORTH_UP, assert_resumes_after_kill, make_raster, read_raster, run_tiler, shown_lines
 from test_errors import assert_no_output, assert_one_error
+from test_inpaint import CLI, FAST, GRID  # the same small grid and sampling
 from tiler.cluster import ExecutionOptions
 from tiler.synthesize import plan_synthesize
-from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
+from tiler.tasks.superres import RuntimeOptions
 from tiler.upscale import run_upscale
 from tiny_models import save_tiny_synthesis_model
 
 CLASSES = 6
-GRID = dict(tile=8, overlap=2, region=8, halo=2)
-FAST = DiffusionOptions(steps=3, decode_tile=8, decode_halo=2, device="cpu")
-CLI = ("--tile", "8", "--overlap", "2", "--region", "8", "--halo", "2", "--steps", "3",
-       "--decode-tile", "8", "--decode-halo", "2", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")

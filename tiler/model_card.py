@@ -105,13 +105,8 @@ def read_card(model_dir) -> ModelCard:
 
     model_dir = Path(model_dir)
     path = model_dir / CARD
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing; a tiler model folder needs a {CARD} model card "
-                         "(see `tiler convert`)") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"{path}: not readable YAML ({first_line(exc)})") from None
+    data = _read(path, yaml.safe_load, "YAML", f"a tiler model folder needs a {CARD} model card "
+                 "(see `tiler convert`)")
     try:
         card = ModelCard.model_validate(data)
     except ValidationError as exc:
@@ -146,16 +141,23 @@ def check_layout(model_dir: Path, card: ModelCard) -> None:
 
 def _config(folder: Path, class_name: str | None, name: str = "config.json") -> dict:
     path = folder / name
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing (expected a diffusers {folder.name} folder saved with "
-                         "save_pretrained)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not readable JSON ({first_line(exc)})") from None
+    config = _read(path, json.loads, "JSON", f"expected a diffusers {folder.name} folder saved with "
+                   "save_pretrained")
     if class_name and config.get("_class_name", class_name) != class_name:
         raise ModelError(f"{path}: a {config['_class_name']}; expected a {class_name}")
     return config
+
+
+def _read(path: Path, parse, kind: str, missing: str):
+    """``parse`` of the text at ``path``; a missing or unreadable file is one ModelError."""
+    import yaml
+
+    try:
+        return parse(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; {missing}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: JSONDecodeError, bad UTF-8
+        raise ModelError(f"{path}: not readable {kind} ({first_line(exc)})") from None
 
 
 def check_rescaler(path: Path, labels: Labels) -> None:

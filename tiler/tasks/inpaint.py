@@ -21,7 +21,7 @@ from .. import engine
 from ..decode import decode_chunk
 from ..grid import Box, Span
 from ..plan import Plan
-from ..raster import SourceReader, valid_mask
+from ..raster import SourceReader
 from .latent_grid import MODEL_STAGES, LatentGridTask, array_specs, stages, unit_names, unit_shapes  # noqa: F401
 
 
@@ -105,12 +105,7 @@ class InpaintTask(LatentGridTask):
     def normalised(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Input px of ``box`` (reflected past the edges) in [-1, 1] as the model's channels, and
         their validity."""
-        pixels = self.reader.read(box)
-        valid = valid_mask(pixels, self.plan.input.nodata)
-        unit = (np.where(valid, pixels, self.low).astype(np.float32) - self.low) / (self.high - self.low)
-        image = np.where(valid, unit * 2 - 1, 0).astype(np.float32)
-        if image.shape[0] == 1:
-            image = np.repeat(image, self.model.image_channels, axis=0)
+        image, valid = self.to_model_range(self.reader.read(box), self.model.image_channels)
         return image, valid.all(axis=0)
 
     def encoder_input(self, box: Box) -> np.ndarray:

@@ -214,13 +214,17 @@ class SuperResolutionTask:
     def condition(self, box: Box) -> np.ndarray:
         """Low-res pixels of ``box`` in [-1, 1] (no-data pixels neutral 0), as the model's
         channels: a single band is repeated into every channel."""
-        pixels = self.reader.read(box)
+        return self.to_model_range(self.reader.read(box), self.model.cond_channels)[0]
+
+    def to_model_range(self, pixels: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raster values in [-1, 1] with the plan's value range (no-data px neutral 0), a single
+        band repeated into ``channels``; and the px validity (bands, h, w)."""
         valid = valid_mask(pixels, self.plan.input.nodata)
         unit = (np.where(valid, pixels, self.low).astype(np.float32) - self.low) / (self.high - self.low)
-        condition = np.where(valid, unit * 2 - 1, 0).astype(np.float32)
-        if condition.shape[0] == 1:
-            condition = np.repeat(condition, self.model.cond_channels, axis=0)
-        return condition
+        image = np.where(valid, unit * 2 - 1, 0).astype(np.float32)
+        if image.shape[0] == 1:
+            image = np.repeat(image, channels, axis=0)
+        return image, valid
 
     def denormalise(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded [-1, 1] pixels back to raster units; one band = the mean of the channels."""
