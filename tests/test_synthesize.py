@@ -176,3 +176,17 @@ def test_label_mapping_errors(tmp_path, synthesis_model, tiny_model):
     assert_one_error(run_tiler("synthesize", labels, target, "--model", tiny_model, *CLI), 1,
                      "tiler.yaml: missing")
     assert_no_output(target)
+
+
+def test_signed_labels_with_nodata_are_scanned_and_mapped(tmp_path, synthesis_model):
+    """int16 codes (negative ones too) with a nodata value: every value found is mapped, nodata
+    px are counted as without a class, and the plan holds only the values present."""
+    labels, values = land_cover(tmp_path / "labels.tif", values=(-5, 300, 7, -9999), dtype="int16",
+                                nodata=-9999)
+    classes = write_classes(tmp_path / "classes.yaml", {-5: 1, 300: 2, 7: None, 12: 3})
+    plan = plan_synthesize(labels, tmp_path / "out.tif", model=str(synthesis_model),
+                           classes_file=classes, diffusion=FAST, **GRID)
+    assert plan.labels.mapping == ((-5, 1), (7, None), (300, 2))
+    no_class = int(((values == -9999) | (values == 7)).sum())
+    assert plan.labels.unlabelled_px == no_class and plan.output.nodata == 0
+    assert plan.labels.labelled_px == values.size - no_class

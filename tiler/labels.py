@@ -97,7 +97,8 @@ def scan_values(info: RasterInfo, band: int) -> dict[int, int]:
 def _value_counts(values: np.ndarray):
     if values.dtype.itemsize <= 2:  # a histogram is much faster than sorting
         low = int(np.iinfo(values.dtype).min)
-        counts = np.bincount((values.astype(np.int64) - low).ravel())
+        shifted = values if low == 0 else values.astype(np.int32) - low  # no copy for uint8/16
+        counts = np.bincount(shifted.ravel())
         present = np.flatnonzero(counts)
         return present + low, counts[present]
     return np.unique(values, return_counts=True)
