@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .plan import LabelPlan
 from .raster import RasterInfo, valid_mask
 
@@ -49,7 +49,7 @@ def read_classes(path) -> dict[int, int | None]:
     try:
         data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: not a readable YAML or JSON file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable YAML or JSON file ({first_line(exc)})") from None
     if not isinstance(data, dict) or not data:
         raise InputError(f"{path}: {type(data).__name__}; expected a mapping of raster values to "
                          "class ids, e.g. {11: 177, 0: null}")
@@ -72,10 +72,6 @@ def _as_int(value) -> int | None:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def scan_values(info: RasterInfo, band: int) -> dict[int, int]:

@@ -112,9 +112,6 @@ class LabelPlan(_Frozen):
     labelled_px: int
     unlabelled_px: int  # nodata or mapped to None
 
-    def table(self) -> dict[int, int | None]:
-        return dict(self.mapping)
-
 
 class Plan(_Frozen):
     version: int = PLAN_VERSION

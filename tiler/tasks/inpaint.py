@@ -140,3 +140,6 @@ class InpaintTask(LatentGridTask):
         out = pixels.copy()
         out[:, fill] = to_dtype(values[:, fill].astype(np.float32), self.plan.output.dtype)
         return out
+
+
+TASK = InpaintTask  # what tasks.build_task makes for a plan of this module

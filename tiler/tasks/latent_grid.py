@@ -75,19 +75,20 @@ class LatentGridTask(SuperResolutionTask):
     # --- shared GroupNorm statistics ---------------------------------------------------------
     def encoder_stats(self, index):
         """Measure the encoder's statistics over a sample of the images it will encode."""
-        images = np.stack([self.encoder_input(box) for box in self.stats_sample()])
-        recorder = norm_stats.Recorder(self.model.encoder_norms)
-        self.model.encode_pixels(images, norms=recorder)
-        self._save_norms("encoder", recorder.as_array())
+        self._measure("encoder", self.encoder_input, self.model.encode_pixels, self.model.encoder_norms)
         self.store.mark_done("encoder_stats", index)
 
     def decoder_stats(self, index):
         """Measure the decoder's statistics over a sample of the assembled latent."""
-        latents = np.stack([self.read_latent(box) for box in self.stats_sample()])
-        recorder = norm_stats.Recorder(self.model.decoder_norms)
-        self.model.decode_latents(latents, norms=recorder)
-        self._save_norms("decoder", recorder.as_array())
+        self._measure("decoder", self.read_latent, self.model.decode_latents, self.model.decoder_norms)
         self.store.mark_done("decoder_stats", index)
+
+    def _measure(self, part: str, read, call, norms: int):
+        """Run ``call`` on the sample windows (``read`` of each) pooled as one image; save the
+        statistics of its ``norms`` GroupNorms."""
+        recorder = norm_stats.Recorder(norms)
+        call(np.stack([read(box) for box in self.stats_sample()]), norms=recorder)
+        self._save_norms(part, recorder.as_array())
 
     def encoder_input(self, box: Box) -> np.ndarray:
         """The image the task encodes over latent ``box`` (tasks that encode override this)."""

@@ -331,3 +331,6 @@ class ModelRunner:
         with torch.inference_mode(), norm_stats.using(norms):
             pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
         return pixels.float().cpu().numpy()
+
+
+TASK = SuperResolutionTask  # what tasks.build_task makes for a plan of this module

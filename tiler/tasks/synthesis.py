@@ -77,3 +77,6 @@ def label_conditioner(plan: Plan):
     weight = load_file(str(model_dir / RESCALER))[RESCALER_KEY]
     return LabelConditioner(plan.labels, plan.input.nodata, weight, card.rescale_stages,
                             card.multiplier, card.method)
+
+
+TASK = SynthesisTask  # what tasks.build_task makes for a plan of this module

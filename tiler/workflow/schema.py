@@ -34,7 +34,7 @@ TASKS = ("upscale", "inpaint", "synthesize", "export")
 
 
 def check_template(value: str | None) -> str | None:
-    """A path template (output, workdir, mask) may use only TEMPLATE_FIELDS."""
+    """A path template (output, workdir, mask, classes) may use only TEMPLATE_FIELDS."""
     if value is None:
         return value
     try:
@@ -68,9 +68,10 @@ class StepBase(BaseModel):
     format: Literal["GTiff", "COG", "Zarr"] | None = None
     co: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("output", "workdir")
+    @field_validator("output", "workdir", "mask", "classes", check_fields=False)
     @classmethod
     def _template(cls, value: str | None) -> str | None:
+        """Path templates; ``mask`` (inpaint) and ``classes`` (synthesize) are their steps' own."""
         return check_template(value)
 
     @field_validator("co", mode="before")
@@ -152,11 +153,6 @@ class InpaintStep(StepBase, SamplingKeys):
     dilate: int = Field(default=0, ge=0)
     uses_model: ClassVar[bool] = True  # an LDM step, as an upscale step with an LDM model
 
-    @field_validator("mask")
-    @classmethod
-    def _mask_template(cls, value: str | None) -> str | None:
-        return check_template(value)
-
     @model_validator(mode="after")
     def _one_mask(self) -> "InpaintStep":
         given = [key for key, value in (("mask", self.mask), ("mask-nodata", self.mask_nodata),
@@ -172,11 +168,6 @@ class SynthesizeStep(StepBase, SamplingKeys):
     model: str
     classes: str | None = None  # a template, like output: e.g. "{input_dir}/legend.yaml"
     uses_model: ClassVar[bool] = True
-
-    @field_validator("classes")
-    @classmethod
-    def _classes_template(cls, value: str | None) -> str | None:
-        return check_template(value)
 
     @model_validator(mode="after")
     def _no_range(self) -> "SynthesizeStep":
