@@ -79,6 +79,7 @@ def test_smooth_bicubic_output_has_no_seams(smooth_run):
     assert report.boundaries["tile"] == len(axes["x"]) + len(axes["y"]) == 10
     assert report.boundaries["region"] == 2  # x = y = 48 * 4
     assert report.boundaries["all"] == 10  # region boundaries are tile boundaries here
+    assert report.boundaries["decode"] == 0 and math.isnan(report.index["decode"])  # no decoder
 
 
 def test_planted_steps_at_tile_boundaries_are_found(smooth_run, tmp_path):
@@ -102,6 +103,24 @@ def test_planted_steps_at_tile_boundaries_are_found(smooth_run, tmp_path):
     # the largest planted step (last vertical line, 4 + 5) is the worst vertical segment
     vertical = [s for s in report.worst_segments if s.orientation == "vertical"]
     assert not vertical or vertical[0].x0 == axes["x"][-1]
+
+
+def test_steps_at_decode_tile_edges_score_as_decode_seams(smooth_run, tmp_path):
+    """Decode boundaries lie on their own grid (multiples of the decode tile): steps planted there
+    raise the decode index, not the tile index."""
+    _, plan_json = smooth_run
+    geometry = SeamGeometry(tile=32, overlap=8, scale=4, region=48, decode_tile=22)
+    decode_lines = [88, 176, 264, 352]  # 22 latent px apart, x 4; none is a tile or region line
+    data = smooth_content(384, 320)
+    xx = np.arange(384)
+    for x in decode_lines:
+        data += np.where(xx >= x, 80.0, 0.0).astype(np.float32)
+    report = seam_report(write_like(tmp_path / "decode.tif", plan_json, data), plan=geometry)
+    print("decode steps:", report.index)
+    assert report.boundaries["decode"] == 4 + 3  # x = 88..352, y = 88..264
+    assert report.index["decode"] > 1.5 and report.index["tile"] == pytest.approx(1.0, abs=0.05)
+    worst = report.worst_segments[0]
+    assert worst.kinds == ("decode",) and worst.orientation == "vertical" and worst.x0 in decode_lines
 
 
 def box_blur(image, radius):
@@ -163,7 +182,7 @@ def test_zarr_output_reads_the_same(smooth_run, tmp_path):
     group.create_array("data", shape=pixels.shape, chunks=(1, 128, 128), dtype=pixels.dtype)[:] = pixels
     group.attrs.update({PLAN_TAG: plan_json, "nodata": None})
     tiff, store = seam_report(out), seam_report(tmp_path / "out.zarr")
-    assert store.index == pytest.approx(tiff.index, rel=1e-12)
+    assert store.index == pytest.approx(tiff.index, rel=1e-12, nan_ok=True)
 
 
 def test_heatmap_is_a_small_rgb_png(smooth_run, tmp_path, monkeypatch):
@@ -208,7 +227,7 @@ def test_reading_is_windowed_in_thin_strips(smooth_run, monkeypatch):
     monkeypatch.setattr(qa, "BLOCK", 100)
     blocked = seam_report(out)
     assert shapes and all(min(shape) == 2 and max(shape) <= 100 for shape in shapes)
-    assert blocked.index == pytest.approx(whole.index, rel=1e-12)
+    assert blocked.index == pytest.approx(whole.index, rel=1e-12, nan_ok=True)
 
 
 def test_cli_prints_json_and_writes_the_heatmap(smooth_run, tmp_path):
@@ -218,7 +237,7 @@ def test_cli_prints_json_and_writes_the_heatmap(smooth_run, tmp_path):
     data = json.loads(result.stdout)
     assert {"index", "strength", "boundaries", "worst_segments", "segments", "heatmap",
             "geometry", "size"} <= set(data)
-    assert set(data["index"]) == set(data["strength"]) == set(data["boundaries"]) == {"tile", "region", "all"}
+    assert set(data["index"]) == set(data["strength"]) == set(data["boundaries"]) == set(qa.KINDS)
     assert {"x0", "y0", "ratio", "position", "orientation", "kinds"} <= set(data["worst_segments"][0])
     assert data["heatmap"] == str(tmp_path / "h.png") and (tmp_path / "h.png").is_file()
     again = run_tiler("qa", out, "--heatmap", tmp_path / "h.png")  # refuses to overwrite
@@ -237,7 +256,13 @@ def test_cli_refuses_a_raster_not_written_by_tiler_unless_described(tmp_path):
     assert described.returncode == 0, described.stderr
     data = json.loads(described.stdout)
     assert data["boundaries"]["region"] == 0 and data["boundaries"]["tile"] > 0
+    assert data["boundaries"]["decode"] == 0
     assert (tmp_path / "baseline.tif.seams.png").is_file()
+    decoded = run_tiler("qa", src, "--tile", 8, "--scale", 1, "--decode-tile", 32, "--overwrite")
+    assert decoded.returncode == 0, decoded.stderr
+    assert "decode tile 32" in decoded.stdout and "decode 4" in decoded.stdout  # x, y = 32, 64
+    alone = run_tiler("qa", src, "--decode-tile", 32)
+    assert alone.returncode == 2 and "--tile" in shown_lines(alone.stderr)[0]
 
 
 def test_library_error_for_missing_plan_names_the_file(tmp_path):

@@ -1,6 +1,7 @@
-"""Seam report: are tile and region boundaries visible in an output raster?
+"""Seam report: are tile, region and decode boundaries visible in an output raster?
 
-For every boundary line of the run's geometry (tile edges and region core starts, in output px) the
+For every boundary line of the run's geometry (tile edges, region core starts and decode tile
+edges, in output px) the
 mean absolute step across the line is compared with the same measure on a reference line half a
 stride away, where no boundary is. The ratio is the *seam index*: 1 = invisible, above 1 = steps at
 the boundaries, below 1 = smoothed (blurred) bands; ``seam_strength = |log(index)|`` (0 = invisible)
@@ -10,7 +11,10 @@ Definitions (all positions in output px = latent px x scale):
 
 - tile boundaries: every tile start ``k * stride`` and tile end ``k * stride + tile`` strictly inside
   the raster (not 0, not the raster's edge), per axis; region boundaries: region core starts
-  ``j * region`` for ``j >= 1``. A line can be both.
+  ``j * region`` for ``j >= 1``; decode boundaries (LDM runs): the edges ``k * decode_tile`` of the
+  decode tiles, where one decoder window's kept core meets the next (the first stage decodes each
+  window alone, so per-window GroupNorm statistics and attention can leave steps there). A line can
+  be of several kinds.
 - the gradient of a vertical line at column ``x`` is the mean over rows and bands of
   ``|I[:, :, x] - I[:, :, x - 1]|`` (float64; pairs where either pixel is nodata or NaN are skipped);
   horizontal lines likewise over rows ``y - 1``, ``y``.
@@ -18,7 +22,7 @@ Definitions (all positions in output px = latent px x scale):
   latent px, so output pixels keep their phase against the latent grid; equal to
   ``stride * scale // 2`` for even strides), or ``x - ...`` if that is outside the raster or on a
   boundary, or else the nearest column to those that is neither.
-- the index of a kind (tile, region, all) = mean gradient over all valid pairs of its lines / mean
+- the index of a kind (tile, region, decode, all) = mean gradient over all valid pairs of its lines / mean
   gradient over all valid pairs of their references.
 - each line is split into segments of about ``SEGMENT`` px; a segment's ratio is its boundary
   gradient / its reference gradient; the heat map draws each segment coloured by its ratio.
@@ -48,7 +52,7 @@ if TYPE_CHECKING:
 SEGMENT = 256  # output px per heat-map segment (about)
 BLOCK = 4096  # output px along a line per read
 HEATMAP_SIDE = 1024  # longest side of the heat map PNG
-KINDS = ("tile", "region", "all")
+KINDS = ("tile", "region", "decode", "all")
 BACKGROUND = (48, 48, 48)
 NO_DATA_COLOUR = (128, 128, 128)
 
@@ -62,20 +66,24 @@ class NotATilerOutput(InputError):
 class SeamGeometry:
     """The tile geometry to check: sizes in latent px, ``scale`` output px per latent px.
 
-    ``region=None``: no region boundaries (e.g. a raster from another tool described by hand)."""
+    ``region=None``: no region boundaries (e.g. a raster from another tool described by hand);
+    ``decode_tile=None``: no decode boundaries (classical models, or not described)."""
 
     tile: int
     overlap: int
     scale: int
     region: int | None = None
+    decode_tile: int | None = None
 
     def __post_init__(self):
         if self.tile < 1 or self.scale < 1:
             raise ValueError(f"tile and scale must be >= 1, got tile {self.tile}, scale {self.scale}")
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"overlap must be in 0..{self.tile - 1}, got {self.overlap}")
-        if self.region is not None and self.region < 1:
-            raise ValueError(f"region must be >= 1, got {self.region}")
+        for name in ("region", "decode_tile"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
 
     @property
     def stride(self) -> int:
@@ -84,8 +92,9 @@ class SeamGeometry:
     @classmethod
     def from_plan(cls, plan) -> "SeamGeometry":
         # output px per latent px: the upscale factor times the latent factor (inpainting: f)
+        decode_tile = plan.diffusion.decode_tile if plan.diffusion is not None else None
         return cls(tile=plan.grid.tile, overlap=plan.grid.overlap, scale=plan.scale * plan.factor,
-                   region=plan.grid.region)
+                   region=plan.grid.region, decode_tile=decode_tile)
 
     def tile_grid(self, width: int, height: int) -> TileGrid:
         """The latent tile grid of a ``width`` x ``height`` px output (sizes rounded up)."""
@@ -95,7 +104,7 @@ class SeamGeometry:
 
     def boundaries(self, width: int, height: int) -> dict[str, dict[int, frozenset[str]]]:
         """Per orientation ("vertical": columns x, "horizontal": rows y), output px position ->
-        the kinds of boundary there ({"tile"}, {"region"} or both)."""
+        the kinds of boundary there ({"tile"}, {"region"}, {"decode"} or several)."""
         grid = self.tile_grid(width, height)
         return {"vertical": self._axis(grid.cols, width), "horizontal": self._axis(grid.rows, height)}
 
@@ -108,6 +117,9 @@ class SeamGeometry:
         if self.region is not None:
             for j in range(1, axis.region_count):
                 kinds.setdefault(j * self.region, set()).add("region")
+        if self.decode_tile is not None:  # decode tiles sit on a grid anchored at 0 (tiler/decode.py)
+            for edge in range(self.decode_tile, axis.length, self.decode_tile):
+                kinds.setdefault(edge, set()).add("decode")
         lines = {edge * self.scale: frozenset(names) for edge, names in kinds.items()}
         return {pos: names for pos, names in sorted(lines.items()) if 0 < pos < length_px}
 

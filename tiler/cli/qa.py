@@ -17,9 +17,10 @@ def print_report(report, as_json: bool):
         return
     g = data["geometry"]
     region = f", region {g['region']}" if g["region"] else ""
+    decode = f", decode tile {g['decode_tile']}" if g["decode_tile"] else ""
     click.echo(f"{data['path']}: {report.width} x {report.height} px; tile {g['tile']}, overlap "
-               f"{g['overlap']}{region} latent px, scale {g['scale']}")
-    kinds = ("tile", "region", "all")
+               f"{g['overlap']}{region}{decode} latent px, scale {g['scale']}")
+    kinds = ("tile", "region", "decode", "all") if g["decode_tile"] else ("tile", "region", "all")
     rows = {"seam index": ("index", 3), "strength": ("strength", 4)}
     for label, (key, digits) in rows.items():
         values = "  ".join(f"{kind} {_number(data[key][kind], digits)}" for kind in kinds)
@@ -54,23 +55,28 @@ def _finite(value):
 @click.option("--overlap", type=click.IntRange(min=0), help="... tile overlap in latent px [0].")
 @click.option("--region", type=click.IntRange(min=1), help="... region size in latent px [none].")
 @click.option("--scale", type=click.IntRange(min=1), help="... output px per latent px.")
+@click.option("--decode-tile", type=click.IntRange(min=1),
+              help="... decode tile size in latent px [none].")
 @verbosity
 @reports_errors
-def qa_command(output_path, as_json, heatmap, overwrite, tile, overlap, region, scale, verbose, quiet):
-    """Measure the seams at tile and region boundaries of OUTPUT (a tiler GeoTIFF, COG or Zarr)."""
+def qa_command(output_path, as_json, heatmap, overwrite, tile, overlap, region, scale, decode_tile,
+               verbose, quiet):
+    """Measure the seams at tile, region and decode boundaries of OUTPUT (a tiler GeoTIFF, COG or
+    Zarr)."""
     from ..errors import BadParameter, OutputError
     from ..qa import SeamGeometry, seam_report
     from ..raster import check_output_folder
 
     geometry = None
-    if any(value is not None for value in (tile, overlap, region, scale)):
+    if any(value is not None for value in (tile, overlap, region, scale, decode_tile)):
         if tile is None or scale is None:
             raise BadParameter("--tile/--scale", "describing the geometry by hand needs both --tile "
-                               "and --scale (and optionally --overlap, --region)")
+                               "and --scale (and optionally --overlap, --region, --decode-tile)")
         if (overlap or 0) >= tile:
             raise BadParameter("--overlap", f"{overlap} is out of range; expected 0..{tile - 1} "
                                f"(less than the tile, {tile})")
-        geometry = SeamGeometry(tile=tile, overlap=overlap or 0, scale=scale, region=region)
+        geometry = SeamGeometry(tile=tile, overlap=overlap or 0, scale=scale, region=region,
+                                decode_tile=decode_tile)
     heatmap = Path(heatmap) if heatmap else Path(str(Path(output_path)) + ".seams.png")
     check_output_folder(heatmap.absolute())
     if heatmap.exists() and not overwrite:
