@@ -219,3 +219,73 @@ def test_an_empty_folder_given_as_workdir_is_emptied_not_deleted(tmp_path):
     run_upscale(plan_upscale(src, tmp_path / "out.tif", model="nearest"), workdir=folder)
     assert folder.is_dir() and not any(folder.iterdir())
     assert (tmp_path / "out.tif").is_file()
+
+
+class _KeysRead:
+    """A Zarr local store that records the chunk keys read."""
+
+    def __new__(cls, root):
+        from zarr.storage import LocalStore
+
+        class Recording(LocalStore):
+            keys: list = []
+
+            async def get(self, key, prototype, byte_range=None):
+                self.keys.append(key)
+                return await super().get(key, prototype, byte_range)
+
+        return Recording(root)
+
+
+@pytest.mark.parametrize("region, halo, chunk", [(32, 6, 16), (32, 20, 16), (30, 5, 16), (24, 4, 24)])
+def test_assembly_reads_only_the_stored_pieces_over_its_chunk(tmp_path, region, halo, chunk):
+    """Region extents are stored in blocks chunked like the output: an output chunk's assembly
+    reads one Zarr chunk per region touching it (when regions are whole chunks), and blends to
+    the same values as blending the whole extents."""
+    import contextlib
+    import types
+
+    import zarr
+
+    from tiler import engine
+    from tiler.blend import Blender
+    from tiler.grid import Box, Span, TileGrid
+    from tiler.store import FAST_ZSTD
+    from tiler.weights import region_profile
+
+    grid = TileGrid(80, 96, 16, 4, region, halo)
+    plan = types.SimpleNamespace(grid=types.SimpleNamespace(chunk=chunk, region=region, halo=halo),
+                                 tile_grid=lambda: grid)
+    store = _KeysRead(tmp_path / "w.zarr")
+    group = zarr.open_group(store=store, mode="w")
+    group.create_array("regions", compressors=FAST_ZSTD, **engine.regions_spec(plan, 2, 1)["regions"])
+    workdir = types.SimpleNamespace(array=lambda name: group[name], writing=contextlib.nullcontext)
+    rng = np.random.default_rng(0)
+    extents = {}
+    for r in grid.regions():
+        extents[r.index] = rng.standard_normal((2, *r.extent.shape)).astype(np.float32)
+        engine.write_extent(workdir, grid, r.index, extents[r.index])
+    for index in np.ndindex(grid.chunk_shape(chunk)):
+        core = grid.chunk_box(index, chunk)
+        store.keys.clear()
+        values, _ = engine.blend_regions(workdir, grid, core, 1, 2)
+        expected = Blender(core, 2)
+        touching = [(ry, rx) for ry in grid.rows.regions_touching(core.y)
+                    for rx in grid.cols.regions_touching(core.x)]
+        for ry, rx in touching:
+            extent = grid.region_at(ry, rx).extent
+            weights = np.outer(region_profile(extent.y.start, extent.y.stop, 80, halo),
+                               region_profile(extent.x.start, extent.x.stop, 96, halo))
+            expected.add(extent, extents[ry, rx], np.ones((1, 1, 1), bool), weights)
+        np.testing.assert_allclose(values, expected.result(core)[0], rtol=0, atol=1e-6)
+        chunk_keys = [key for key in store.keys if key.startswith("regions/c/")]
+        assert len(chunk_keys) <= 4 * len(touching)
+        for key in chunk_keys:  # regions/c/ry/rx/band/by/bx: a chunk-sized piece of a block
+            ry, rx, _, by, bx = (int(part) for part in key.split("/")[2:])
+            extent = grid.region_at(ry, rx).extent
+            y0 = extent.y.start // chunk * chunk + by * chunk  # the block starts on a chunk line
+            x0 = extent.x.start // chunk * chunk + bx * chunk
+            piece = Box(Span(y0, y0 + chunk), Span(x0, x0 + chunk))
+            assert piece.intersection(core) is not None, (index, key)
+            if region % chunk == 0:  # blocks line up with the output chunks: one piece per region
+                assert piece.intersection(core) == core and len(chunk_keys) == len(touching)

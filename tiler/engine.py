@@ -2,7 +2,9 @@
 
 Every unit of every stage is indexed (iy, ix) on its stage's grid (regions, or output chunks) and
 writes exactly one chunk:
-- a region's result over its extent goes to its own chunk of ``regions`` (``write_extent``);
+- a region's result over its extent goes to its own block of ``regions`` (``write_extent``), cut
+  into Zarr chunks that line up with the output chunk grid, so that assembling one output chunk
+  reads only the stored pieces over it, not whole regions;
 - a core-aligned result (assembled regions, decoded pixels, or a halo-free region) goes to the
   chunk of its core in a grid-shaped array (``write_core``).
 ``blend_regions`` blends the stored extents touching a core with partition-of-unity region weights.
@@ -28,12 +30,26 @@ def output_specs(plan: Plan) -> dict[str, dict]:
 
 
 def regions_spec(plan: Plan, channels: int, scale: int) -> dict[str, dict]:
-    """The ``regions`` array: each region's extent (core + halo, ``scale`` px per latent px),
-    stored top-left in a chunk of its own; NaN = no data."""
+    """The ``regions`` array: each region's extent (core + halo, ``scale`` px per latent px) in a
+    block of its own, ``regions[ry, rx]``, NaN = no data. The block starts at the output chunk line
+    at or before the extent (``_block_origin``) and is chunked like the output, so every Zarr chunk
+    has one writer (its region) and an output chunk's assembly reads one chunk per region."""
     ny, nx = plan.tile_grid().region_shape
-    side = (plan.grid.region + 2 * plan.grid.halo) * scale
-    return {"regions": dict(shape=(ny, nx, channels, side, side), chunks=(1, 1, channels, side, side),
+    chunk = plan.grid.chunk * scale
+    extent = (plan.grid.region + 2 * plan.grid.halo) * scale
+    side = -(-(extent + chunk - 1) // chunk) * chunk  # the extent at any phase against the chunks
+    return {"regions": dict(shape=(ny, nx, channels, side, side), chunks=(1, 1, channels, chunk, chunk),
                             dtype="float32", fill_value=float("nan"))}
+
+
+def _block_origin(extent: Box, chunk: int) -> tuple[int, int]:
+    """Where a region's block starts (y, x), in the array's px: the chunk line at or before its
+    ``extent`` (scaled)."""
+    return (extent.y.start // chunk * chunk, extent.x.start // chunk * chunk)
+
+
+def _region_extent(grid: TileGrid, index: tuple[int, int], scale: int) -> Box:
+    return Box(grid.rows.region_extent(index[0]), grid.cols.region_extent(index[1])).scale(scale)
 
 
 def done_specs(unit_shapes: dict[str, tuple[int, int]]) -> dict[str, dict]:
@@ -49,13 +65,17 @@ def write_core(workdir: Workdir, name: str, box: Box, values: np.ndarray):
         workdir.array(name)[:, box.y.start:box.y.stop, box.x.start:box.x.stop] = values
 
 
-def write_extent(workdir: Workdir, index: tuple[int, int], values: np.ndarray):
-    """Store a region's extent (C, h, w; NaN = no data) in the region's chunk of ``regions``."""
+def write_extent(workdir: Workdir, grid: TileGrid, index: tuple[int, int], values: np.ndarray,
+                 scale: int = 1):
+    """Store region ``index``'s extent (C, h, w at ``scale`` px per latent px; NaN = no data) in its
+    block of ``regions``. The block's chunks belong to this region alone; Zarr fills the parts of
+    its edge chunks outside the extent with NaN."""
     regions = workdir.array("regions")
-    chunk = np.full(regions.chunks[2:], np.nan, dtype=np.float32)
-    chunk[:, :values.shape[1], :values.shape[2]] = values
+    extent = _region_extent(grid, index, scale)
+    oy, ox = _block_origin(extent, regions.chunks[-1])
     with workdir.writing():
-        regions[index[0], index[1]] = chunk
+        regions[index[0], index[1], :, extent.y.start - oy:extent.y.stop - oy,
+                extent.x.start - ox:extent.x.stop - ox] = values
 
 
 def blend_regions(workdir: Workdir, grid: TileGrid, core: Box, scale: int, channels: int
@@ -66,11 +86,18 @@ def blend_regions(workdir: Workdir, grid: TileGrid, core: Box, scale: int, chann
     height, width, halo = grid.height * scale, grid.width * scale, grid.halo * scale
     blender = Blender(target, channels)
     stored = workdir.array("regions")
+    chunk = stored.chunks[-1]
     for ry in grid.rows.regions_touching(core.y):
         for rx in grid.cols.regions_touching(core.x):
-            extent = Box(grid.rows.region_extent(ry), grid.cols.region_extent(rx)).scale(scale)
-            values = stored[ry, rx, :, :extent.y.size, :extent.x.size]
-            weights = np.outer(region_profile(extent.y.start, extent.y.stop, height, halo),
-                               region_profile(extent.x.start, extent.x.stop, width, halo))
-            blender.add(extent, values, ~np.isnan(values), weights)
+            extent = _region_extent(grid, (ry, rx), scale)
+            inner = extent.intersection(target)
+            if inner is None:
+                continue
+            oy, ox = _block_origin(extent, chunk)
+            values = stored[ry, rx, :, inner.y.start - oy:inner.y.stop - oy,
+                            inner.x.start - ox:inner.x.stop - ox]
+            rows, cols = inner.relative_to(extent)
+            weights = np.outer(region_profile(extent.y.start, extent.y.stop, height, halo)[rows],
+                               region_profile(extent.x.start, extent.x.stop, width, halo)[cols])
+            blender.add(inner, values, ~np.isnan(values), weights)
     return blender.result(target)

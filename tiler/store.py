@@ -119,8 +119,11 @@ class Workdir:
     def _check_arrays(self):
         for name, spec in self.specs.items():
             array = self.group[name]
-            if tuple(array.shape) != spec["shape"] or tuple(array.chunks) != spec["chunks"]:
-                raise ValueError(f"array {name} has shape {array.shape}, expected {spec['shape']}")
+            held = (tuple(array.shape), tuple(array.chunks))
+            if held != (spec["shape"], spec["chunks"]):
+                raise ValueError(f"array {name} has shape {held[0]} in chunks {held[1]}, expected "
+                                 f"{spec['shape']} in chunks {spec['chunks']}: made by another "
+                                 "tiler version?")
 
     def array(self, name: str):
         return self.group[name]

@@ -61,7 +61,8 @@ class ClassicalUpscaleTask:
             engine.write_core(self.store, "output", region.core.scale(self.plan.scale),
                               self.pixels(values, valid))
         else:
-            engine.write_extent(self.store, index, np.where(valid, values, np.nan).astype(np.float32))
+            engine.write_extent(self.store, self.grid, index,
+                                np.where(valid, values, np.nan).astype(np.float32), self.plan.scale)
         self.store.mark_done("process", index)
 
     def assemble(self, index):

@@ -47,9 +47,7 @@ class InpaintTask(LatentGridTask):
         region = self.grid.region_at(*index)
         tiles = self.selected_tiles(region)
         rows, cols = region.extent.relative_to(region.canvas)
-        if not tiles:  # nothing to fill near this region
-            engine.write_extent(self.store, index, np.full(
-                (self.model.latent_channels, *region.extent.shape), np.nan, dtype=np.float32))
+        if not tiles:  # nothing to fill near this region: its block stays NaN (the fill value)
             self.store.mark_done("denoise", index)
             return
         with torch.inference_mode():
@@ -61,7 +59,7 @@ class InpaintTask(LatentGridTask):
         for tile in tiles:
             covered[tile.relative_to(region.canvas)] = True
         latent[:, ~covered] = np.nan
-        engine.write_extent(self.store, index, latent[:, rows, cols])
+        engine.write_extent(self.store, self.grid, index, latent[:, rows, cols])
         self.store.mark_done("denoise", index)
 
     def decode(self, index):

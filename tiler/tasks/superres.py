@@ -189,7 +189,7 @@ class SuperResolutionTask:
                                     region.canvas, region.tiles, self.model.latent_channels,
                                     self.options)
         rows, cols = region.extent.relative_to(region.canvas)
-        engine.write_extent(self.store, index, latent[:, rows, cols].float().cpu().numpy())
+        engine.write_extent(self.store, self.grid, index, latent[:, rows, cols].float().cpu().numpy())
         self.store.mark_done("denoise", index)
 
     def assemble(self, index):
