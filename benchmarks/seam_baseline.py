@@ -150,8 +150,8 @@ def independent_tiles_feathered(input_path, output_path, model_dir, tile: int, o
 
 def _decode_whole(model, latent: np.ndarray, scale: int, halo: int) -> np.ndarray:
     """Decode a whole (C, h, w) latent as one decode tile with ``halo`` px reflected around it
-    (tiler's ``decode_chunk``)."""
-    from tiler.decode import decode_chunk
+    (tiler's ``tiled_pass``)."""
+    from tiler.first_stage import tiled_pass
     from tiler.grid import Box, Span
     from tiler.raster import read_reflected
 
@@ -161,7 +161,7 @@ def _decode_whole(model, latent: np.ndarray, scale: int, halo: int) -> np.ndarra
         return read_reflected(lambda rows, cols: latent[:, rows, cols], box, height, width)
 
     core = Box(Span(0, height), Span(0, width))
-    return decode_chunk(model.decode_latents, read_latent, core, max(height, width), halo, scale,
+    return tiled_pass(model.decode_latents, read_latent, core, max(height, width), halo, scale,
                         model.image_channels)
 
 

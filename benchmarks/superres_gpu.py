@@ -145,12 +145,12 @@ def tiler_run(model_dir: Path, source: Path, work: Path, args, steps: int, compi
 
 
 def decode_error(model_dir: Path, device: str, latent: int, tile: int, halos, batch: int = 4):
-    """Tiled decode (tiler.decode) against one whole-canvas decode: error in [-1, 1] units and
+    """Tiled decode (tiler.first_stage) against one whole-canvas decode: error in [-1, 1] units and
     throughput, for several halos."""
     import torch
     from diffusers import VQModel
 
-    from tiler.decode import decode_chunk
+    from tiler.first_stage import tiled_pass
     from tiler.grid import Box, Span
     from tiler.raster import read_reflected
 
@@ -176,7 +176,7 @@ def decode_error(model_dir: Path, device: str, latent: int, tile: int, halos, ba
     for halo in halos:
         sync(device)
         started = time.perf_counter()
-        tiled = decode_chunk(decode_batch, read_latent, core, tile, halo, 4, 3)
+        tiled = tiled_pass(decode_batch, read_latent, core, tile, halo, 4, 3)
         sync(device)
         seconds = time.perf_counter() - started
         error = np.abs(tiled - whole)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tiled first-stage decode (tiler.decode) against one whole-canvas decode, per decode halo, with
+"""Tiled first-stage decode (tiler.first_stage) against one whole-canvas decode, per decode halo, with
 each window's own GroupNorm statistics and with one shared set (tiler/norm_stats.py), for a first
 stage without attention (the inpainting VQ layout) or with it (the SR VQ).
 
@@ -40,7 +40,7 @@ def main():
     import torch
 
     from tiler import norm_stats
-    from tiler.decode import decode_chunk
+    from tiler.first_stage import tiled_pass
     from tiler.grid import Box, Span
     from tiler.raster import read_reflected
 
@@ -76,7 +76,7 @@ def main():
     for halo in args.halos:
         row = []
         for name, norms in (("own", None), ("shared", shared)):
-            tiled = decode_chunk(decoder(norms), read, Box(Span(0, size), Span(0, size)), args.tile,
+            tiled = tiled_pass(decoder(norms), read, Box(Span(0, size), Span(0, size)), args.tile,
                                  halo, factor, whole[name].shape[0], batch_size=4)
             error = np.abs(tiled - whole[name])
             row += [error.mean(), error.max()]

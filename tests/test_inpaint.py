@@ -80,6 +80,25 @@ def test_only_tiles_near_the_mask_are_computed(tmp_path, inpaint_model, monkeypa
     assert plan.summary()["unet_evaluations"] == computed * FAST.steps
 
 
+def test_the_encoder_sees_one_window_at_a_time(tmp_path, inpaint_model, monkeypatch):
+    """Memory stays bounded whatever the region: the encoder codes windows of the decode tile plus
+    its halo (in px: x f), never a region's whole canvas (besides the statistics' fixed sample)."""
+    from tiler.tasks.latent_grid import STATS_SIDE
+
+    sides = []
+    original = ModelRunner.encode_pixels
+    monkeypatch.setattr(ModelRunner, "encode_pixels", lambda self, pixels, norms=None:
+                        sides.append(pixels.shape[2:]) or original(self, pixels, norms))
+    src = make_raster(tmp_path / "in.tif", width=160, height=128)
+    mask, _ = mask_file(tmp_path / "mask.tif", 128, 160, [(40, 90, 50, 120)])
+    _, plan = inpaint(src, tmp_path / "out.tif", inpaint_model, MaskSpec("file", str(mask)),
+                      region=32, halo=4)  # a canvas of about 40 x 40 latent px, windows of 12
+    window = (FAST.decode_tile + 2 * FAST.decode_halo) * 4
+    canvas = plan.tile_grid().region_at(0, 0).canvas
+    assert min(canvas.shape) * 4 > window
+    assert set(sides) == {(window, window), (STATS_SIDE * 4, STATS_SIDE * 4)}
+
+
 def test_batch_size_and_workers_do_not_change_a_bit(tmp_path, inpaint_model):
     src = make_raster(tmp_path / "in.tif", width=40, height=36)
     mask, _ = mask_file(tmp_path / "mask.tif", 36, 40, [(6, 30, 10, 20)])

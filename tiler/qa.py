@@ -117,7 +117,7 @@ class SeamGeometry:
         if self.region is not None:
             for j in range(1, axis.region_count):
                 kinds.setdefault(j * self.region, set()).add("region")
-        if self.decode_tile is not None:  # decode tiles sit on a grid anchored at 0 (tiler/decode.py)
+        if self.decode_tile is not None:  # decode tiles sit on a grid anchored at 0 (tiler/first_stage.py)
             for edge in range(self.decode_tile, axis.length, self.decode_tile):
                 kinds.setdefault(edge, set()).add("decode")
         lines = {edge * self.scale: frozenset(names) for edge, names in kinds.items()}

@@ -4,8 +4,8 @@ The latent grid is the input grid divided by the first stage's factor f (4 for t
 Only the tiles within ``decode_halo`` latent px of the (dilated) mask go through the UNet, so the
 cost follows the masked area. Stages, each unit one region or one output chunk:
 
-denoise   read the region canvas's pixels and mask (with an encoder margin), encode the masked image
-          (masked px = -1), mask at latent size (+1 fill / -1 keep), run the fused lockstep sampler
+denoise   encode the masked image (masked px = -1) over the region canvas in windows with the decode
+          halo, mask at latent size (+1 fill / -1 keep), run the fused lockstep sampler
           over the region's tiles near the mask; store the latent they cover (NaN elsewhere)
 assemble  blend the latents of the regions touching a chunk -> ``latent``
 decode    a chunk without masked px copies the input; otherwise decode the windows of its decode
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine
-from ..decode import decode_chunk
+from ..first_stage import tiled_pass
 from ..grid import Box, Span
 from ..plan import Plan
 from ..raster import SourceReader
@@ -36,7 +36,6 @@ class InpaintTask(LatentGridTask):
 
         self.mask = MaskReader(plan.mask.spec(), reader.info, plan.bands)
         self.margin = plan.diffusion.decode_halo  # latent px around the mask that are denoised
-        self.encode_margin = plan.diffusion.decode_halo  # latent px of encoder context
 
     # --- units -------------------------------------------------------------------------------
     def denoise(self, index):
@@ -74,7 +73,7 @@ class InpaintTask(LatentGridTask):
                 rows, cols = self.pixel_box(piece).relative_to(box)
                 return bool(fill[rows, cols].any())
 
-            decoded = decode_chunk(self.decoder(), self.read_latent, core, spec.decode_tile,
+            decoded = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
                                    spec.decode_halo, self.f, self.model.image_channels,
                                    self.model.decode_batch_size, holds_mask)[:, :box.y.size, :box.x.size]
             values = self.denormalise(decoded)
@@ -107,20 +106,25 @@ class InpaintTask(LatentGridTask):
         return image, valid.all(axis=0)
 
     def encoder_input(self, box: Box) -> np.ndarray:
-        """The masked image over latent ``box``, as ``condition`` encodes it."""
+        """The masked image over latent ``box``, as ``condition`` encodes it (CompVis: masked px
+        -1)."""
         image, _ = self.normalised(box.scale(self.f))
         return np.where(self.mask.read(box.scale(self.f))[None], np.float32(-1), image)
 
     def condition(self, canvas: Box) -> np.ndarray:
-        """encode(masked image) ++ mask at latent size (+1 fill, -1 keep) over ``canvas``."""
-        outer = canvas.grow(self.encode_margin)
-        image, _ = self.normalised(outer.scale(self.f))
-        fill = self.mask.read(outer.scale(self.f))
-        masked = np.where(fill[None], np.float32(-1), image)  # CompVis: (1 - mask) * image, then *2-1
-        encoded = self.encode(masked[None])[0]
-        rows, cols = canvas.relative_to(outer)
+        """encode(masked image) ++ mask at latent size (+1 fill, -1 keep) over ``canvas``.
+
+        The canvas is encoded in the decode tiles' windows: a region's whole canvas in one encoder
+        call would need about 2.5 KB per px in float32 (17 GB for the default region). With the
+        run's shared GroupNorm statistics and a halo covering the encoder's reach, the windows
+        equal one whole-canvas encode to float rounding (tests/test_norm_stats.py)."""
+        spec = self.plan.diffusion
+        encoded = tiled_pass(self.encode, self.encoder_input, canvas, spec.decode_tile,
+                             spec.decode_halo, 1, self.model.latent_channels,
+                             self.model.decode_batch_size)
+        fill = self.mask.read(canvas.scale(self.f))
         mask_latent = np.where(fill[::self.f, ::self.f], 1.0, -1.0).astype(np.float32)[None]
-        return np.concatenate([encoded[:, rows, cols], mask_latent[:, rows, cols]])
+        return np.concatenate([encoded, mask_latent])
 
     def read_latent(self, box: Box) -> np.ndarray:
         """The assembled latent over ``box``; where no tile was computed, the encoded image."""

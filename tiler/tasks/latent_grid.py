@@ -111,7 +111,7 @@ class LatentGridTask(SuperResolutionTask):
         return self.model.encode_pixels(images, norms=self.norms("encoder"))
 
     def decoder(self):
-        """The decode call of ``decode_chunk``, with the run's statistics."""
+        """The decode call of ``tiled_pass``, with the run's statistics."""
         return functools.partial(self.model.decode_latents, norms=self.norms("decoder"))
 
     def _norms_path(self, part: str) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import engine
-from ..decode import decode_chunk
+from ..first_stage import tiled_pass
 from ..grid import Box
 from ..errors import BadParameter
 from ..plan import DiffusionSpec, Plan
@@ -201,7 +201,7 @@ class SuperResolutionTask:
     def decode(self, index):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
         spec, scale = self.plan.diffusion, self.plan.scale
-        pixels = decode_chunk(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
+        pixels = tiled_pass(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
                               spec.decode_halo, scale, self.model.image_channels,
                               self.model.decode_batch_size)
         values = self.denormalise(pixels)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine
-from ..decode import decode_chunk
+from ..first_stage import tiled_pass
 from ..grid import Box
 from ..plan import Plan
 from ..raster import to_pixels
@@ -45,7 +45,7 @@ class SynthesisTask(LatentGridTask):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
         box = self.pixel_box(core)
         spec = self.plan.diffusion
-        decoded = decode_chunk(self.decoder(), self.read_latent, core, spec.decode_tile,
+        decoded = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
                                spec.decode_halo, self.f, self.model.image_channels,
                                self.model.decode_batch_size)[:, :box.y.size, :box.x.size]
         values = self.denormalise(decoded)

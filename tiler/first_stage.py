@@ -1,9 +1,11 @@
-"""Tiled first-stage decode: latent -> pixels, one output chunk at a time.
+"""Tiled first-stage passes: decode (latent -> pixels) or encode (pixels -> latent) of any latent
+box in fixed-shape windows, so memory stays bounded whatever the box (an output chunk, a region's
+canvas).
 
-The chunk's latent box is cut into decode tiles of ``tile`` latent px on a grid anchored at (0, 0).
-Each tile is decoded from a window grown by ``halo`` latent px on every side (reflected past the
-raster edge) and only its core is kept, so every output px comes from exactly one decode and no
-window is decoded twice. The SR decoder has a global attention in its mid block, so a window's
+The latent box is cut into decode tiles of ``tile`` latent px on a grid anchored at (0, 0). Each
+tile is coded from a window grown by ``halo`` latent px on every side (reflected past the raster
+edge) and only its core is kept, so every px comes from exactly one window and no window is coded
+twice. The SR decoder has a global attention in its mid block, so a window's
 result differs from a whole-canvas decode, most near its edges; the halo keeps the core's error
 small (``benchmarks/superres_gpu.py`` measures it against the halo). A first stage without
 attention, given shared GroupNorm statistics (tiler/norm_stats.py), is exact with a halo covering
@@ -27,21 +29,22 @@ def decode_tiles(core: Box, tile: int) -> list[Box]:
     return [Box(y, x) for y in spans(core.y) for x in spans(core.x)]
 
 
-def decode_chunk(decode_batch, read_latent, core: Box, tile: int, halo: int, scale: int,
-                 channels: int, batch_size: int = 4, wanted=None) -> np.ndarray:
-    """Pixels (channels, h*scale, w*scale) of latent box ``core``.
+def tiled_pass(code_batch, read, core: Box, tile: int, halo: int, scale: int, channels: int,
+               batch_size: int = 4, wanted=None) -> np.ndarray:
+    """The result (channels, h*scale, w*scale) of a first-stage pass over latent box ``core``.
 
-    ``read_latent(box) -> (C, h, w) float32`` reads the blended latent (reflected past the edges);
-    ``decode_batch(latents (n, C, h, w)) -> (n, channels, h*scale, w*scale)`` runs the decoder.
-    Windows have one shape (tile + 2 * halo) wherever they fall, like UNet tiles. ``wanted(piece)``,
-    if given, picks the decode tiles to decode; the others' pixels are left NaN (inpainting decodes
-    only the tiles holding masked pixels)."""
+    ``read(box)`` gives the pass's input over latent ``box`` (reflected past the edges): the
+    blended latent to decode, or the pixels to encode; ``code_batch(stacked inputs)`` runs the
+    coder and returns ``scale`` px per latent px (decode: the factor f; encode: 1). Windows have
+    one shape (tile + 2 * halo) wherever they fall, like UNet tiles. ``wanted(piece)``, if given,
+    picks the decode tiles to code; the others' px are left NaN (inpainting decodes only the tiles
+    holding masked pixels)."""
     pixels = np.full((channels, core.y.size * scale, core.x.size * scale), np.nan, dtype=np.float32)
     tiles = [piece for piece in decode_tiles(core, tile) if wanted is None or wanted(piece)]
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start:start + batch_size]
         windows = [_window(piece, tile, halo) for piece in batch]
-        decoded = decode_batch(np.stack([read_latent(window) for window in windows]))
+        decoded = code_batch(np.stack([read(window) for window in windows]))
         for piece, window, values in zip(batch, windows, decoded):
             rows, cols = piece.scale(scale).relative_to(window.scale(scale))
             out_rows, out_cols = piece.scale(scale).relative_to(core.scale(scale))
