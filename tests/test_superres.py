@@ -114,6 +114,48 @@ def test_value_range_is_global_and_recorded_in_the_plan(tmp_path, tiny_model):
     assert fixed.fingerprint != plan.fingerprint
 
 
+def test_value_range_of_a_large_raster_samples_whole_blocks_over_all_of_it(tmp_path, monkeypatch):
+    """Without overviews a large raster is sampled as whole blocks on a lattice (a decimated read
+    would decompress every block); the estimate stays close to the whole raster's percentiles.
+    With overviews, GDAL's decimated read of them is used."""
+    from rasterio.io import DatasetReader
+
+    from tiler import raster
+
+    monkeypatch.setattr(raster, "SAMPLE_PX", 48 * 48)
+    monkeypatch.setattr(raster, "SAMPLE_BLOCKS", 12)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:384, 0:512]
+    data = (1000 + 600 * np.sin(xx / 50.0) * np.cos(yy / 70.0)
+            + rng.normal(0, 40, (2, 384, 512))).astype("uint16")
+    src = make_raster(tmp_path / "big.tif", data=data, nodata=0, tiled=True, blockxsize=64,
+                      blockysize=64)
+    windows = []
+    original = DatasetReader.read
+
+    def spy(self, *args, window=None, **kwargs):
+        windows.append(window)
+        return original(self, *args, window=window, **kwargs)
+
+    monkeypatch.setattr(DatasetReader, "read", spy)
+    low, high = raster.value_range(raster.describe(src), (1, 2))
+    assert 10 <= len(windows) <= 12 and all(w is not None for w in windows)
+    assert all(w.col_off % 64 == 0 and w.row_off % 64 == 0 and w.width == w.height == 64
+               for w in windows)
+    assert len({w.col_off for w in windows}) >= 3 and len({w.row_off for w in windows}) >= 3
+    true_low, true_high = np.percentile(data, (0.1, 99.9))
+    assert abs(low - true_low) < 0.05 * (true_high - true_low)
+    assert abs(high - true_high) < 0.05 * (true_high - true_low)
+
+    with rasterio.open(src, "r+") as ds:
+        ds.build_overviews([4])
+    windows.clear()
+    low, high = raster.value_range(raster.describe(src), (1, 2))
+    assert windows == [None]  # one decimated read, served by the overview
+    assert abs(low - true_low) < 0.05 * (true_high - true_low)
+    assert abs(high - true_high) < 0.05 * (true_high - true_low)
+
+
 SUMMARY = re.compile(r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+), decode (\d+)/(\d+)")
 
 

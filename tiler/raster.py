@@ -216,20 +216,24 @@ def check_output_folder(path: Path) -> None:
         raise OutputError(f"{path}: output folder {folder} is not writable")
 
 
-def value_range(info: RasterInfo, bands: tuple[int, ...], percentiles=(0.1, 99.9),
-                sample_size: int = 2048) -> tuple[float, float]:
+# The value range is estimated from about SAMPLE_PX px per band; a large raster without overviews is
+# sampled as SAMPLE_BLOCKS whole blocks on an even lattice, because a decimated read decompresses
+# every block of the file (20000^2 x 3 uint16: 20 s, against 2.4 s for the lattice).
+SAMPLE_PX = 2048 * 2048
+SAMPLE_BLOCKS = 256
+
+
+def value_range(info: RasterInfo, bands: tuple[int, ...], percentiles=(0.1, 99.9)) -> tuple[float, float]:
     """The value range that maps to a model's [-1, 1]: the dtype's full range for uint8, else
-    percentiles of the valid pixels of ``bands`` over the whole raster, read once at reduced
-    resolution (bounded memory; GDAL uses overviews when the file has them). One range for all
-    bands, so band ratios (colour) are kept."""
+    percentiles of the valid pixels of ``bands`` over the whole raster, estimated once from a
+    sample spread over all of it (bounded memory and time). One range for all bands, so band
+    ratios (colour) are kept."""
     import rasterio
 
     if info.dtype == "uint8":
         return (0.0, 255.0)
-    factor = max(1, -(-max(info.width, info.height) // sample_size))
-    shape = (len(bands), max(1, info.height // factor), max(1, info.width // factor))
     with rasterio.open(info.path) as ds:
-        pixels = ds.read(list(bands), out_shape=shape)
+        pixels = _sample_pixels(ds, bands)
     values = pixels[valid_mask(pixels, info.nodata)]
     if values.size == 0:
         raise InputError(f"{info.path}: bands {','.join(map(str, bands))} hold no valid pixels "
@@ -238,6 +242,31 @@ def value_range(info: RasterInfo, bands: tuple[int, ...], percentiles=(0.1, 99.9
     if high <= low:
         high = low + 1.0
     return (low, high)
+
+
+def _sample_pixels(ds, bands: tuple[int, ...]) -> np.ndarray:
+    """About SAMPLE_PX px of each band, spread over the raster: (bands, n)."""
+    import math
+
+    from rasterio.windows import Window
+
+    height, width, count = ds.height, ds.width, len(bands)
+    if height * width <= 4 * SAMPLE_PX or ds.overviews(bands[0]):  # GDAL reads the overviews
+        factor = max(1, math.ceil(math.sqrt(height * width / SAMPLE_PX)))
+        shape = (count, max(1, height // factor), max(1, width // factor))
+        return ds.read(list(bands), out_shape=shape).reshape(count, -1)
+    block_h, block_w = ds.block_shapes[bands[0] - 1]
+    rows, cols = -(-height // block_h), -(-width // block_w)
+    picked_rows = min(rows, math.ceil(math.sqrt(SAMPLE_BLOCKS * rows / cols)))
+    picked_cols = min(cols, math.ceil(SAMPLE_BLOCKS / picked_rows))
+    keep = max(1, block_h * block_w * picked_rows * picked_cols // SAMPLE_PX)  # every keep-th px
+    pieces = []
+    for row in ((np.arange(picked_rows) + 0.5) * rows / picked_rows).astype(int):
+        for col in ((np.arange(picked_cols) + 0.5) * cols / picked_cols).astype(int):
+            window = Window(col * block_w, row * block_h, min(block_w, width - col * block_w),
+                            min(block_h, height - row * block_h))
+            pieces.append(ds.read(list(bands), window=window).reshape(count, -1)[:, ::keep])
+    return np.concatenate(pieces, axis=1)
 
 
 def parse_value_range(text: str) -> tuple[float, float]:
