@@ -117,6 +117,7 @@ def baseline(model_dir: Path, device: str, steps: int, tiles: int):
 
 
 def tiler_run(model_dir: Path, source: Path, work: Path, args, steps: int, compile: bool):
+    from tiler.qa import seam_report
     from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
     from tiler.upscale import plan_upscale, run_upscale
 
@@ -135,13 +136,15 @@ def tiler_run(model_dir: Path, source: Path, work: Path, args, steps: int, compi
     unet_tflop = evaluations * UNET_GFLOP_128 * (plan.grid.tile / 128) ** 2 / 1e3
     peak = PEAK_TFLOPS.get(args.device.split(":")[0])
     output_mp = plan.output.width * plan.output.height / 1e6
+    seams = seam_report(output).index  # tile, region, decode boundaries (random weights: see README)
     output.unlink()
     return {"steps": steps, "compile": compile, "grid": dict(plan.grid),
             "decode": [plan.diffusion.decode_tile, plan.diffusion.decode_halo],
             "seconds": seconds, "stages": stages,
             "output_mp": output_mp, "output_mp_per_s": output_mp / seconds,
             "overhead_factor": plan.tile_grid().overhead_factor(),
-            "unet_mfu_in_denoise": unet_tflop / stages["denoise"] / peak if peak else None}
+            "unet_mfu_in_denoise": unet_tflop / stages["denoise"] / peak if peak else None,
+            "seam_index": seams}
 
 
 def decode_error(model_dir: Path, device: str, latent: int, tile: int, halos, batch: int = 4):
@@ -203,6 +206,8 @@ def main():
     parser.add_argument("--baseline-tiles", type=int, default=3)
     parser.add_argument("--decode-latent", type=int, default=256)
     parser.add_argument("--decode-halos", type=int, nargs="*", default=[0, 8, 16, 32])
+    parser.add_argument("--decode-tiles", type=int, nargs="*", default=None,
+                        help="decode tiles to sweep in the decode measurement [--decode-tile or tiler's]")
     parser.add_argument("--skip", nargs="*", default=[], choices=["mfu", "baseline", "tiler", "decode"])
     args = parser.parse_args()
 
@@ -244,9 +249,10 @@ def main():
         if "decode" not in args.skip:
             from tiler.tasks.superres import DEFAULTS
 
-            results["decode"] = decode_error(model_dir, args.device, args.decode_latent,
-                                             args.decode_tile or DEFAULTS["decode_tile"],
-                                             args.decode_halos)
+            tiles = args.decode_tiles or [args.decode_tile or DEFAULTS["decode_tile"]]
+            results["decode"] = [row for tile in tiles for row in
+                                 decode_error(model_dir, args.device, args.decode_latent, tile,
+                                              args.decode_halos)]
             print_rows("tiled VQ decode vs whole-canvas decode", results["decode"])
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "superres_gpu.json").write_text(json.dumps(results, indent=1))
