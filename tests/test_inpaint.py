@@ -157,3 +157,4 @@ def test_seam_report_reads_an_inpainted_output(tmp_path, inpaint_model):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["geometry"]["scale"] == 4 and report["boundaries"]["tile"] > 0
+    assert report["geometry"]["decode_tile"] == 8 and report["boundaries"]["decode"] > 0

@@ -141,6 +141,7 @@ def test_cli_runs_and_the_seam_report_reads_the_output(tmp_path, synthesis_model
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["geometry"]["scale"] == 4 and report["boundaries"]["tile"] > 0
+    assert report["geometry"]["decode_tile"] == 8 and report["boundaries"]["decode"] > 0
 
 
 def test_label_mapping_errors(tmp_path, synthesis_model, tiny_model):
