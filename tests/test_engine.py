@@ -289,3 +289,49 @@ def test_assembly_reads_only_the_stored_pieces_over_its_chunk(tmp_path, region, 
             assert piece.intersection(core) is not None, (index, key)
             if region % chunk == 0:  # blocks line up with the output chunks: one piece per region
                 assert piece.intersection(core) == core and len(chunk_keys) == len(touching)
+
+
+def test_stages_without_the_model_use_every_core_next_to_a_gpu():
+    """Two threads share a GPU's model; assembly runs on every core meanwhile idle; --workers
+    holds for every stage; on a CPU every stage has one thread per core."""
+    from tiler.upscale import worker_counts
+
+    assert worker_counts("cuda", 16, None) == (2, 16)
+    assert worker_counts("cpu", 16, None) == (16, 16)
+    assert worker_counts("cuda", 16, 3) == (3, 3)
+
+
+def test_thread_executor_runs_each_stage_on_its_own_thread_count():
+    import threading
+    import time
+
+    from tiler.execute import ThreadExecutor
+
+    class Task:
+        stages = ("denoise", "assemble")
+        unit_shapes = {"denoise": (1, 8), "assemble": (1, 8)}
+        unit_names = {"denoise": "region", "assemble": "chunk"}
+
+        def __init__(self):
+            self.lock, self.running, self.most = threading.Lock(), 0, {}
+
+        def _unit(self, stage):
+            with self.lock:
+                self.running += 1
+                self.most[stage] = max(self.most.get(stage, 0), self.running)
+            time.sleep(0.05)
+            with self.lock:
+                self.running -= 1
+
+        def denoise(self, unit):
+            self._unit("denoise")
+
+        def assemble(self, unit):
+            self._unit("assemble")
+
+    task = Task()
+    executor = ThreadExecutor(task, 2, {"assemble": 4})
+    for stage in task.stages:
+        report = executor.run_stage(stage, 8, [(0, i) for i in range(8)], progress=False)
+        assert report.computed == 8
+    assert task.most == {"denoise": 2, "assemble": 4}

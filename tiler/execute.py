@@ -86,12 +86,14 @@ def keep_freed_memory():
 
 
 class ThreadExecutor:
-    """Runs ``getattr(task, stage)(unit)`` on ``workers`` threads, one BLAS thread each."""
+    """Runs ``getattr(task, stage)(unit)`` on ``workers`` threads (``stage_workers[stage]`` where
+    given), one BLAS thread each."""
 
-    def __init__(self, task, workers: int):
+    def __init__(self, task, workers: int, stage_workers: dict[str, int] | None = None):
         keep_freed_memory()
         self.task = task
         self.workers = max(1, workers)
+        self.stage_workers = {stage: max(1, count) for stage, count in (stage_workers or {}).items()}
         self.stages = task.stages
         self.unit_shapes = task.unit_shapes
 
@@ -99,7 +101,8 @@ class ThreadExecutor:
                   on_done: Callable[[Hashable], None] | None = None) -> StageReport:
         work = getattr(self.task, name)
         with threadpool_limits(limits=1), \
-                ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"tiler-{name}") as pool:
+                ThreadPoolExecutor(max_workers=self.stage_workers.get(name, self.workers),
+                                   thread_name_prefix=f"tiler-{name}") as pool:
             futures = {pool.submit(work, unit): unit for unit in pending}
             finished = ((futures[f], f.exception()) for f in as_completed(futures))
             return track_stage(name, total, len(pending), finished,

@@ -167,11 +167,22 @@ def _thread_executor(plan: Plan, store: Workdir, reader: SourceReader, runtime: 
     if plan.is_classical:
         return ThreadExecutor(build_task(plan, store, reader), workers or cores)
     model = superres.ModelRunner.load(plan, runtime)
-    # On a GPU, two threads share it: one's CPU work (reads, blending, Zarr) overlaps the other's
-    # kernels. On a CPU, one thread per core with one torch thread each.
-    workers = workers or (2 if model.device.type != "cpu" else cores)
-    model.limit_threads(max(1, cores // workers))
-    return ThreadExecutor(build_task(plan, store, reader, model, runtime.batch_size), workers)
+    model_workers, other_workers = worker_counts(model.device.type, cores, workers)
+    model.limit_threads(max(1, cores // model_workers))
+    task = build_task(plan, store, reader, model, runtime.batch_size)
+    model_stages = task_module(plan).MODEL_STAGES
+    return ThreadExecutor(task, model_workers, {stage: other_workers for stage in task.stages
+                                                if stage not in model_stages})
+
+
+def worker_counts(device_type: str, cores: int, workers: int | None) -> tuple[int, int]:
+    """Threads for the stages that run the model and for the others (assembly): ``workers`` for
+    both when given. On a GPU, two threads share the model (one's CPU work, reads, blending and
+    Zarr, overlaps the other's kernels) and the stages without it use every core, so the GPU does
+    not wait long between stages; on a CPU, one thread per core (one torch thread each)."""
+    if workers:
+        return workers, workers
+    return (2, cores) if device_type != "cpu" else (cores, cores)
 
 
 def _run_stages(store: Workdir, executor, progress: bool, overwrite: bool) -> list[StageReport]:
