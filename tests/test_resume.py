@@ -94,3 +94,26 @@ def _chunk_name(array: str, iy: int, ix: int) -> str:
     if array == "output":  # (bands, y, x) with one chunk per region
         return str(Path("0", str(iy), str(ix)))
     return str(Path(str(iy), str(ix), "0", "0", "0"))  # regions: (ny, nx, bands, side, side)
+
+
+def test_pending_units_are_the_flags_not_set(tmp_path):
+    """The done flags listed from the workdir's chunk files are the flags Zarr reads, with a write
+    a crash interrupted (a stale temporary file) left behind."""
+    import numpy as np
+
+    from tiler import engine
+    from tiler.store import Workdir
+    from tiler.upscale import plan_upscale
+
+    src = make_raster(tmp_path / "in.tif", width=60, height=50)
+    plan = plan_upscale(src, tmp_path / "out.tif", model="nearest", scale=2, tile=8, region=16)
+    shape = plan.tile_grid().region_shape
+    workdir, _ = Workdir.open_or_create(tmp_path / "work", plan, engine.done_specs({"process": shape}))
+    assert workdir.pending("process") == [tuple(i) for i in np.ndindex(shape)]
+    for index in [(0, 1), (2, 3), (3, 0)]:
+        workdir.mark_done("process", index)
+    (tmp_path / "work" / "done" / "process" / "c" / "1").mkdir()
+    (tmp_path / "work" / "done" / "process" / "c" / "1" / "2.1f3a.partial").write_bytes(b"\0")
+    flags = workdir.array("done/process")[:]
+    assert workdir.pending("process") == [tuple(map(int, i)) for i in np.argwhere(flags == 0)]
+    assert len(workdir.pending("process")) == shape[0] * shape[1] - 3

@@ -54,8 +54,9 @@ def _region_extent(grid: TileGrid, index: tuple[int, int], scale: int) -> Box:
 
 def done_specs(unit_shapes: dict[str, tuple[int, int]]) -> dict[str, dict]:
     """One ``done/<stage>`` flag array per stage (shape: the stage's unit grid), one chunk (one
-    writer) per unit."""
-    return {f"done/{stage}": dict(shape=shape, chunks=(1, 1), dtype="uint8", fill_value=0)
+    writer) per unit, under the chunk keys ``c/<row>/<col>`` that ``Workdir.pending`` lists."""
+    return {f"done/{stage}": dict(shape=shape, chunks=(1, 1), dtype="uint8", fill_value=0,
+                                  chunk_key_encoding={"name": "default", "separator": "/"})
             for stage, shape in unit_shapes.items()}
 
 

@@ -10,6 +10,7 @@ most the units in flight.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -139,8 +140,21 @@ class Workdir:
 
     # --- completion state ----------------------------------------------------------------------
     def pending(self, stage: str) -> list[tuple[int, int]]:
-        done = self.group[f"done/{stage}"][:]
-        return [tuple(int(i) for i in index) for index in np.argwhere(done == 0)]
+        """The units of ``stage`` not marked done, in row-major order."""
+        done = self._flagged(stage)
+        return [index for index in np.ndindex(self.group[f"done/{stage}"].shape) if index not in done]
+
+    def _flagged(self, stage: str) -> set[tuple[int, int]]:
+        """The units whose done flag is set. A flag is a chunk of its own, written once (atomically)
+        and only with 1, so the flags set are the chunk files present under Zarr v3's default chunk
+        keys ``c/<row>/<col>``: one directory scan, where reading the 38,000 flags of a 50,000 px
+        run took 20 s. Names that are not numbers (a write a crash interrupted) are skipped."""
+        root = self.path / "done" / stage / "c"
+        if not root.is_dir():
+            return set()
+        return {(int(row.name), int(col.name)) for row in os.scandir(root)
+                if row.name.isdigit() and row.is_dir()
+                for col in os.scandir(row.path) if col.name.isdigit()}
 
     def is_done(self, stage: str, index: tuple[int, int]) -> bool:
         iy, ix = index
