@@ -212,3 +212,31 @@ def test_inpaint_and_synthesis_on_a_cluster_give_the_in_process_output(tmp_path,
             outputs.append(read_raster(out)[0])
         np.testing.assert_array_equal(outputs[0], outputs[1])
     assert [stage.name for stage in report.stages][:2] == ["denoise", "assemble"]  # synthesis: no encoder
+
+
+def test_workers_keep_one_model_across_runs_and_drop_each_runs_plugin(tmp_path, tiny_model, cluster):
+    """A workflow's files reach the workers as one plan after the other: each worker loads the
+    model once for all of them, and no run leaves its model plugin (and its model) behind."""
+    from distributed import Client
+
+    def loads():
+        from tiler.tasks.superres import _loaded_runner
+
+        return _loaded_runner.cache_info().misses
+
+    def plugins(dask_worker):
+        return [name for name in dask_worker.plugins if name.startswith("tiler-model")]
+
+    execution = ExecutionOptions(scheduler=cluster.scheduler_address)
+    with Client(cluster) as client:
+        counts = []
+        for number in range(2):
+            src = make_raster(tmp_path / f"in{number}.tif", width=40, height=32, seed=number)
+            plan = plan_upscale(src, tmp_path / f"out{number}.tif", model=str(tiny_model),
+                                diffusion=DiffusionOptions(steps=2, decode_tile=16, decode_halo=4),
+                                **GRID)
+            run_upscale(plan, runtime=RuntimeOptions(device="cpu"), execution=execution)
+            counts.append(client.run(loads))
+            assert all(not names for names in client.run(plugins).values())
+    assert counts[1] == counts[0]  # the second plan's plugin found the model loaded
+    assert all(count >= 1 for count in counts[0].values())

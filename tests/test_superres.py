@@ -197,3 +197,24 @@ def test_offline_uncached_hub_model_is_a_one_line_error(tmp_path, monkeypatch):
     assert result.returncode == 1 and len(lines) == 1
     assert "not in the Hugging Face cache" in lines[0] and "--model DIR" in lines[0]
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_consecutive_runs_with_one_model_load_it_once(tmp_path, tiny_model, monkeypatch):
+    """A workflow runs its files one after the other in one process: the model (and its compiled
+    graphs) is loaded once; another model replaces it."""
+    from tiler import models
+    from tiler.tasks.superres import ModelRunner, _loaded_runner
+    from tiny_models import save_tiny_sr_model
+
+    _loaded_runner.cache_clear()
+    loads = []
+    original = models.load_sr_model
+    monkeypatch.setattr(models, "load_sr_model", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
+    runtime = RuntimeOptions(device="cpu")
+    plans = [plan_upscale(make_raster(tmp_path / f"in{i}.tif", seed=i), tmp_path / f"out{i}.tif",
+                          model=str(tiny_model), diffusion=FAST) for i in range(2)]
+    first = ModelRunner.load(plans[0], runtime)
+    assert ModelRunner.load(plans[1], runtime) is first and len(loads) == 1
+    other = save_tiny_sr_model(tmp_path / "other", seed=1)
+    plan = plan_upscale(tmp_path / "in0.tif", tmp_path / "o.tif", model=str(other), diffusion=FAST)
+    assert ModelRunner.load(plan, runtime) is not first and len(loads) == 2

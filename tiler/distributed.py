@@ -58,6 +58,16 @@ class DaskExecutor:
         log.info("Dask executor: %d workers, GPU resources: %s", len(_workers(client)),
                  self.gpu_resources)
 
+    def close(self):
+        """Drop the run's model plugin from the workers (each keeps the model in its process cache
+        for the next plan using it, not one model per plan run)."""
+        if self.plugin_name is None:
+            return
+        try:
+            self.client.unregister_worker_plugin(self.plugin_name)
+        except Exception as exc:  # the cluster is gone or shutting down: nothing left to release
+            log.info("could not remove the model plugin %s: %s", self.plugin_name, first_line(exc))
+
     def resources(self, stage: str) -> dict | None:
         return {GPU: 1} if self.gpu_resources and stage in self.model_stages else None
 
@@ -122,6 +132,8 @@ class ModelPlugin(WorkerPlugin):
 
     def teardown(self, worker):
         self.runner = None
+        with _TASKS_LOCK:
+            _TASKS.clear()  # the run's task holds the model too
 
 
 _TASKS: dict[tuple[str, str], object] = {}  # (plan fingerprint, workdir) -> task, per worker process

@@ -152,7 +152,11 @@ def _executor(plan: Plan, store: Workdir, runtime: RuntimeOptions, execution: Ex
         connection = (contextlib.nullcontext(client) if client is not None
                       else connect(kind, execution, uses_gpu, progress))
         with connection as connected:
-            yield DaskExecutor(connected, plan, store.path, runtime, execution.retries)
+            executor = DaskExecutor(connected, plan, store.path, runtime, execution.retries)
+            try:
+                yield executor
+            finally:
+                executor.close()
         return
     reader = SourceReader(describe(plan.input.path), plan.bands)
     try:

@@ -11,6 +11,7 @@ decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -277,13 +278,12 @@ class ModelRunner:
 
     @classmethod
     def load(cls, plan: Plan, runtime: RuntimeOptions) -> "ModelRunner":
-        from ..models import load_ldm_model, load_sr_model
-
+        """The model of ``plan``, loaded (and compiled) once per process for consecutive runs that
+        use it: a workflow's files, or the plans a Dask worker serves one after the other."""
         spec = plan.diffusion
-        load = load_sr_model if plan.task == "upscale" else load_ldm_model
-        model = load(spec.model_dir, device=runtime.device, dtype=spec.dtype,
-                     allow_pickle=runtime.allow_pickle)
-        return cls(model, spec.sampler, runtime.compile, spec.shared_norm)
+        return _loaded_runner(plan.task == "upscale", spec.model_dir, spec.weights, runtime.device,
+                              spec.dtype, runtime.allow_pickle, spec.sampler, runtime.compile,
+                              spec.shared_norm)
 
     def limit_threads(self, threads: int):
         if self.device.type == "cpu":
@@ -334,6 +334,18 @@ class ModelRunner:
         with torch.inference_mode(), norm_stats.using(norms):
             pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
         return pixels.float().cpu().numpy()
+
+
+@functools.lru_cache(maxsize=1)  # one model held per process: loading another releases it
+def _loaded_runner(super_resolution: bool, model_dir: str, weights: tuple, device: str, dtype: str,
+                   allow_pickle: bool, sampler: str, compile: bool, shared_norm: bool) -> ModelRunner:
+    """``weights``: the weight files' (name, size, mtime), so a model folder changed on disk is
+    loaded again."""
+    from ..models import load_ldm_model, load_sr_model
+
+    load = load_sr_model if super_resolution else load_ldm_model
+    model = load(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    return ModelRunner(model, sampler, compile, shared_norm)
 
 
 TASK = SuperResolutionTask  # what tasks.build_task makes for a plan of this module
