@@ -80,6 +80,7 @@ def test_smooth_bicubic_output_has_no_seams(smooth_run):
     assert report.boundaries["region"] == 2  # x = y = 48 * 4
     assert report.boundaries["all"] == 10  # region boundaries are tile boundaries here
     assert report.boundaries["decode"] == 0 and math.isnan(report.index["decode"])  # no decoder
+    assert report.remedies() == []
 
 
 def test_planted_steps_at_tile_boundaries_are_found(smooth_run, tmp_path):
@@ -121,6 +122,12 @@ def test_steps_at_decode_tile_edges_score_as_decode_seams(smooth_run, tmp_path):
     assert report.index["decode"] > 1.5 and report.index["tile"] == pytest.approx(1.0, abs=0.05)
     worst = report.worst_segments[0]
     assert worst.kinds == ("decode",) and worst.orientation == "vertical" and worst.x0 in decode_lines
+    assert len(report.remedies()) == 1 and "--decode-halo" in report.remedies()[0]
+    shown = run_tiler("qa", tmp_path / "decode.tif", "--tile", 32, "--overlap", 8, "--region", 48,
+                      "--scale", 4, "--decode-tile", 22)
+    assert shown.returncode == 0, shown.stderr
+    assert [line for line in shown.stdout.splitlines() if line.startswith("hint:")] == [
+        f"hint: {report.remedies()[0]}"]
 
 
 def box_blur(image, radius):
@@ -236,7 +243,7 @@ def test_cli_prints_json_and_writes_the_heatmap(smooth_run, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"index", "strength", "boundaries", "worst_segments", "segments", "heatmap",
-            "geometry", "size"} <= set(data)
+            "geometry", "size", "remedies"} <= set(data)
     assert set(data["index"]) == set(data["strength"]) == set(data["boundaries"]) == set(qa.KINDS)
     assert {"x0", "y0", "ratio", "position", "orientation", "kinds"} <= set(data["worst_segments"][0])
     assert data["heatmap"] == str(tmp_path / "h.png") and (tmp_path / "h.png").is_file()

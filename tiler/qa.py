@@ -53,6 +53,13 @@ SEGMENT = 256  # output px per heat-map segment (about)
 BLOCK = 4096  # output px along a line per read
 HEATMAP_SIDE = 1024  # longest side of the heat map PNG
 KINDS = ("tile", "region", "decode", "all")
+VISIBLE = 0.2  # seam strength (|ln index|) from which a report suggests a remedy: steps 22% stronger
+REMEDIES = {  # kind -> what reduces steps at its boundaries
+    "tile": "a larger --overlap blends neighbouring tiles over more px",
+    "region": "a larger --halo gives each region more context beyond its core",
+    "decode": "a larger --decode-halo gives each decoder window more context (or a larger "
+              "--decode-tile, fewer window edges)",
+}
 BACKGROUND = (48, 48, 48)
 NO_DATA_COLOUR = (128, 128, 128)
 
@@ -185,6 +192,13 @@ class SeamReport:
     segments: int = 0  # number of segments measured
     heatmap: str | None = None
 
+    def remedies(self) -> list[str]:
+        """One line per kind whose boundaries show steps (index above 1 by VISIBLE in log): what
+        to change."""
+        return [f"steps at {kind} boundaries (index {self.index[kind]:.2f}): {REMEDIES[kind]}"
+                for kind in REMEDIES
+                if self.strength[kind] >= VISIBLE and self.index[kind] > 1]
+
     def to_dict(self) -> dict:
         return {
             "path": self.path,
@@ -197,6 +211,7 @@ class SeamReport:
             "reference_gradient": {k: _finite(v) for k, v in self.reference_gradient.items()},
             "segments": self.segments,
             "worst_segments": [segment.to_dict() for segment in self.worst_segments],
+            "remedies": self.remedies(),
             "heatmap": self.heatmap,
         }
 

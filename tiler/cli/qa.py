@@ -36,6 +36,8 @@ def print_report(report, as_json: bool):
                      else f"y {segment.y0}, x {segment.x0}..{segment.x1}")
             click.echo(f"  {_number(_finite(segment.ratio))}  {'+'.join(segment.kinds)} "
                        f"{segment.orientation}, {where}")
+    for remedy in data["remedies"]:
+        click.echo(f"hint: {remedy}")
     if report.heatmap:
         click.echo(f"{'heat map':<11} {report.heatmap}")
 
