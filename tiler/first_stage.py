@@ -39,21 +39,21 @@ def tiled_pass(code_batch, read, core: Box, tile: int, halo: int, scale: int, ch
     one shape (tile + 2 * halo) wherever they fall, like UNet tiles. ``wanted(piece)``, if given,
     picks the decode tiles to code; the others' px are left NaN (inpainting decodes only the tiles
     holding masked pixels)."""
-    pixels = np.full((channels, core.y.size * scale, core.x.size * scale), np.nan, dtype=np.float32)
+    result = np.full((channels, core.y.size * scale, core.x.size * scale), np.nan, dtype=np.float32)
     tiles = [piece for piece in decode_tiles(core, tile) if wanted is None or wanted(piece)]
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start:start + batch_size]
         windows = [_window(piece, tile, halo) for piece in batch]
-        decoded = code_batch(np.stack([read(window) for window in windows]))
-        for piece, window, values in zip(batch, windows, decoded):
+        coded = code_batch(np.stack([read(window) for window in windows]))
+        for piece, window, values in zip(batch, windows, coded):
             rows, cols = piece.scale(scale).relative_to(window.scale(scale))
             out_rows, out_cols = piece.scale(scale).relative_to(core.scale(scale))
-            pixels[:, out_rows, out_cols] = values[:, rows, cols]
-    return pixels
+            result[:, out_rows, out_cols] = values[:, rows, cols]
+    return result
 
 
 def _window(piece: Box, tile: int, halo: int) -> Box:
-    """The fixed-shape decode window of the grid tile holding ``piece``."""
+    """The fixed-shape window of the grid tile holding ``piece``."""
     y0 = piece.y.start // tile * tile - halo
     x0 = piece.x.start // tile * tile - halo
     size = tile + 2 * halo
