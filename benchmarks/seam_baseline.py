@@ -162,7 +162,7 @@ def _decode_whole(model, latent: np.ndarray, scale: int, halo: int) -> np.ndarra
 
     core = Box(Span(0, height), Span(0, width))
     return tiled_pass(model.decode_latents, read_latent, core, max(height, width), halo, scale,
-                        model.image_channels)
+                      model.image_channels)
 
 
 def tiler_fused(input_path, output_path, model_dir, tile: int, overlap: int, steps: int, seed: int,

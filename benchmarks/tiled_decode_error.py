@@ -77,7 +77,7 @@ def main():
         row = []
         for name, norms in (("own", None), ("shared", shared)):
             tiled = tiled_pass(decoder(norms), read, Box(Span(0, size), Span(0, size)), args.tile,
-                                 halo, factor, whole[name].shape[0], batch_size=4)
+                               halo, factor, whole[name].shape[0], batch_size=4)
             error = np.abs(tiled - whole[name])
             row += [error.mean(), error.max()]
         print(f"{halo:4d} {row[0]:16.2e} {row[1]:9.2e} {row[2]:19.2e} {row[3]:9.2e}")

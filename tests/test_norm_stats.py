@@ -53,7 +53,7 @@ def whole_and_tiled_decode(vq, norms):
     outer = Box(Span(-HALO, SIZE + HALO), Span(-HALO, SIZE + HALO))  # the tiles see reflection
     whole = decode(vq, reflected(latent, outer)[None], norms)[0][:, HALO * 4:-HALO * 4, HALO * 4:-HALO * 4]
     tiled = tiled_pass(lambda batch: decode(vq, batch, norms), lambda box: reflected(latent, box),
-                         Box(Span(0, SIZE), Span(0, SIZE)), TILE, HALO, 4, 3, batch_size=3)
+                       Box(Span(0, SIZE), Span(0, SIZE)), TILE, HALO, 4, 3, batch_size=3)
     return whole, tiled, latent
 
 

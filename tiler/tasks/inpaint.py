@@ -74,8 +74,8 @@ class InpaintTask(LatentGridTask):
                 return bool(fill[rows, cols].any())
 
             decoded = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
-                                   spec.decode_halo, self.f, self.model.image_channels,
-                                   self.model.decode_batch_size, holds_mask)[:, :box.y.size, :box.x.size]
+                                 spec.decode_halo, self.f, self.model.image_channels,
+                                 self.model.decode_batch_size, holds_mask)[:, :box.y.size, :box.x.size]
             values = self.denormalise(decoded)
             pixels = self.composite(pixels, values, fill)
         engine.write_core(self.store, "output", box, pixels)

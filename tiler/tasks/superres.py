@@ -206,8 +206,8 @@ class SuperResolutionTask:
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
         spec, scale = self.plan.diffusion, self.plan.scale
         pixels = tiled_pass(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
-                              spec.decode_halo, scale, self.model.image_channels,
-                              self.model.decode_batch_size)
+                            spec.decode_halo, scale, self.model.image_channels,
+                            self.model.decode_batch_size)
         values = self.denormalise(pixels)
         valid = self.output_validity(core)
         engine.write_core(self.store, "output", core.scale(scale),

@@ -46,8 +46,8 @@ class SynthesisTask(LatentGridTask):
         box = self.pixel_box(core)
         spec = self.plan.diffusion
         decoded = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
-                               spec.decode_halo, self.f, self.model.image_channels,
-                               self.model.decode_batch_size)[:, :box.y.size, :box.x.size]
+                             spec.decode_halo, self.f, self.model.image_channels,
+                             self.model.decode_batch_size)[:, :box.y.size, :box.x.size]
         values = self.denormalise(decoded)
         valid = self.labels.has_class(self.reader.read(box))[None]
         if self.plan.output.nodata is not None:  # 0 marks px without a class, in every band
