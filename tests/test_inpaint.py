@@ -83,7 +83,7 @@ def test_only_tiles_near_the_mask_are_computed(tmp_path, inpaint_model, monkeypa
 def test_the_encoder_sees_one_window_at_a_time(tmp_path, inpaint_model, monkeypatch):
     """Memory stays bounded whatever the region: the encoder codes windows of the decode tile plus
     its halo (in px: x f), never a region's whole canvas (besides the statistics' fixed sample)."""
-    from tiler.tasks.latent_grid import STATS_SIDE
+    from tiler.tasks.superres import STATS_SIDE
 
     sides = []
     original = ModelRunner.encode_pixels
@@ -158,3 +158,23 @@ def test_seam_report_reads_an_inpainted_output(tmp_path, inpaint_model):
     report = json.loads(result.stdout)
     assert report["geometry"]["scale"] == 4 and report["boundaries"]["tile"] > 0
     assert report["geometry"]["decode_tile"] == 8 and report["boundaries"]["decode"] > 0
+
+
+def test_decode_norm_window_drops_the_statistics_stages(tmp_path, inpaint_model):
+    """The inpainting VQ shares its statistics by default (exact tiled passes); --decode-norm
+    window gives each window its own, with no statistics stages."""
+    from dataclasses import replace
+
+    from tiler.tasks.latent_grid import stages
+
+    src = make_raster(tmp_path / "in.tif", width=48, height=40)
+    mask, _ = mask_file(tmp_path / "mask.tif", 40, 48, [(8, 30, 8, 40)])
+    plans = {norm: plan_inpaint(src, tmp_path / "out.tif", model=str(inpaint_model),
+                                mask=MaskSpec("file", str(mask)),
+                                diffusion=replace(FAST, decode_norm=norm), **GRID)
+             for norm in (None, "window")}
+    assert stages(plans[None]) == ("encoder_stats", "denoise", "assemble", "decoder_stats", "decode")
+    assert stages(plans["window"]) == ("denoise", "assemble", "decode")
+    result = run_tiler("inpaint", src, tmp_path / "cli.tif", "--model", inpaint_model, "--mask", mask,
+                       *CLI, "--decode-norm", "window", "--dry-run")
+    assert result.returncode == 0 and "shared_norm" in result.stdout and "False" in result.stdout

@@ -218,3 +218,28 @@ def test_consecutive_runs_with_one_model_load_it_once(tmp_path, tiny_model, monk
     other = save_tiny_sr_model(tmp_path / "other", seed=1)
     plan = plan_upscale(tmp_path / "in0.tif", tmp_path / "o.tif", model=str(other), diffusion=FAST)
     assert ModelRunner.load(plan, runtime) is not first and len(loads) == 2
+
+
+def test_shared_decoder_statistics_on_request(tmp_path, tiny_model):
+    """--decode-norm shared: a one-unit decoder_stats stage measures the decoder's GroupNorm
+    statistics once; every window then decodes with them. The output changes, and still does not
+    depend on the output chunks or the thread count; the SR VQ's own default stays per window."""
+    from dataclasses import replace
+
+    from tiler.tasks.superres import stages
+
+    src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint8")
+    shared = replace(FAST, decode_norm="shared")
+    plan = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=shared, **GRID)
+    assert plan.diffusion.shared_norm and stages(plan) == ("denoise", "assemble", "decoder_stats", "decode")
+    default = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=FAST, **GRID)
+    assert not default.diffusion.shared_norm and "decoder_stats" not in stages(default)
+    assert default.fingerprint != plan.fingerprint
+    small, _ = superres(src, tmp_path / "small.tif", tiny_model, diffusion=shared, chunk=8, workers=2)
+    large, _ = superres(src, tmp_path / "large.tif", tiny_model, diffusion=shared, chunk=64)
+    window, _ = superres(src, tmp_path / "window.tif", tiny_model)
+    np.testing.assert_array_equal(small, large)
+    assert (small != window).mean() > 0.1
+    with pytest.raises(BadParameter, match="--decode-norm"):
+        plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model),
+                     diffusion=replace(FAST, decode_norm="global"), **GRID)

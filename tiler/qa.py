@@ -58,7 +58,8 @@ REMEDIES = {  # kind -> what reduces steps at its boundaries
     "tile": "a larger --overlap blends neighbouring tiles over more px",
     "region": "a larger --halo gives each region more context beyond its core",
     "decode": "a larger --decode-halo gives each decoder window more context (or a larger "
-              "--decode-tile, fewer window edges)",
+              "--decode-tile, fewer window edges; or --decode-norm shared, one set of GroupNorm "
+              "statistics for every window)",
 }
 BACKGROUND = (48, 48, 48)
 NO_DATA_COLOUR = (128, 128, 128)

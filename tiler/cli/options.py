@@ -90,6 +90,10 @@ def ldm_options(prefix: str, grid: dict | None, decode_halo: str, ranged: bool) 
                      help=f"{prefix}float32 on CPU, bfloat16 on CUDA by default."),
         click.option("--decode-tile", type=int, help=f"{prefix}VQ decode tile in latent px [128]."),
         click.option("--decode-halo", type=int, help=prefix + decode_halo),
+        click.option("--decode-norm", type=click.Choice(["auto", "window", "shared"]),
+                     help=f"{prefix}GroupNorm statistics of the VQ windows: each window's own, or "
+                          "one set measured once and shared by every window (auto: shared when "
+                          "the VQ has no attention, which makes tiled passes exact) [auto]."),
         click.option("--allow-pickle", is_flag=True,
                      help=f"{prefix}Allow pickle (.bin) weights, which can run code when loaded."),
     ]
@@ -156,7 +160,7 @@ def diffusion_options(params: dict):
 
     return DiffusionOptions(value_range=params.get("value_range"), **{key: params[key] for key in (
         "steps", "eta", "seed", "sampler", "device", "dtype", "decode_tile", "decode_halo",
-        "allow_pickle")})
+        "decode_norm", "allow_pickle")})
 
 
 def generative_options(output: list, decode_halo: str, ranged: bool):

@@ -6,6 +6,8 @@ counted in input px. Stages, each unit one region (or the chunk of its core):
 denoise   read the region canvas's low-res pixels, normalise to [-1, 1] with the plan's value range,
           run the fused lockstep sampler, store the latent of the region's extent
 assemble  blend the latents of the regions touching a chunk (region weights) -> ``latent``
+decoder_stats  (``--decode-norm shared`` only; one unit) measure the decoder's GroupNorm statistics
+          over a sample of the latent, so that every window decodes with the same ones
 decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels -> ``output``
 """
 
@@ -13,19 +15,28 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .. import engine
+from .. import engine, norm_stats
 from ..first_stage import tiled_pass
-from ..grid import Box
+from ..grid import Box, Span
 from ..errors import BadParameter
 from ..plan import DiffusionSpec, Plan
 from ..raster import SourceReader, read_reflected, to_pixels, valid_mask
 
 STAGES = ("denoise", "assemble", "decode")
-MODEL_STAGES = ("denoise", "decode")  # stages that need the model (on a GPU where there is one)
+# stages that need the model (on a GPU where there is one); decoder_stats with --decode-norm shared
+MODEL_STAGES = ("denoise", "decoder_stats", "decode")
+# Shared GroupNorm statistics (tiler/norm_stats.py) are measured on STATS_SAMPLE windows of at most
+# STATS_SIDE latent px pooled into one image: 4 x 32 x 32 latent px estimate a mean and variance per
+# group well, and cost 4 small encodes and decodes (9 windows of 64 took 6 minutes on a 2-core CPU).
+STATS_SAMPLE = 4
+STATS_SIDE = 32
+DECODE_NORMS = {"auto": None, "window": False, "shared": True}
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class DiffusionOptions:
     value_range: str | None = None
     decode_tile: int | None = None
     decode_halo: int | None = None
+    decode_norm: str | None = None  # auto, window, shared (DECODE_NORMS)
     allow_pickle: bool = False
 
 
@@ -95,8 +107,10 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
 
 
 def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: tuple[int, ...],
-                  options: DiffusionOptions, shared_norm: bool = False) -> DiffusionSpec:
-    """The options with their defaults, checked; device and dtype resolved; the value range."""
+                  options: DiffusionOptions, local_first_stage: bool = False) -> DiffusionSpec:
+    """The options with their defaults, checked; device and dtype resolved; the value range.
+    ``local_first_stage``: the first stage has no attention, so shared GroupNorm statistics make
+    its tiled passes exact (the ``--decode-norm auto`` choice)."""
     from .. import models
     from ..raster import parse_value_range, value_range
 
@@ -108,6 +122,12 @@ def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: t
     dtype = str(models.resolve_dtype(options.dtype, device)).removeprefix("torch.")
     limits = (parse_value_range(options.value_range) if options.value_range
               else value_range(info, bands))
+    if (options.decode_norm or "auto") not in DECODE_NORMS:
+        raise BadParameter("--decode-norm", f"{options.decode_norm!r}: expected "
+                           f"{', '.join(DECODE_NORMS)}")
+    shared_norm = DECODE_NORMS[options.decode_norm or "auto"]
+    if shared_norm is None:
+        shared_norm = local_first_stage
     return DiffusionSpec(
         model_dir=str(model_dir.resolve()), weights=_weights_identity(weights.values()),
         dtype=dtype, value_range=limits, latent_channels=latent_channels, shared_norm=shared_norm,
@@ -144,24 +164,28 @@ def array_specs(plan: Plan) -> dict[str, dict]:
 
 
 def stages(plan: Plan) -> tuple[str, ...]:
-    return STAGES
+    """With shared GroupNorm statistics a one-unit ``decoder_stats`` stage measures them before
+    decode."""
+    if not plan.diffusion.shared_norm:
+        return STAGES
+    return ("denoise", "assemble", "decoder_stats", "decode")
 
 
 def unit_names(plan: Plan) -> dict[str, str]:
-    return {"denoise": "region", "assemble": "chunk", "decode": "chunk"}
+    return {"denoise": "region", "assemble": "chunk", "decoder_stats": "sample", "decode": "chunk"}
 
 
 def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
-    """denoise: one unit per region; assemble and decode: one per output chunk."""
+    """denoise: one unit per region; assemble and decode: one per output chunk; the statistics
+    stages: one unit."""
     grid = plan.tile_grid()
     chunks = grid.chunk_shape(plan.grid.chunk)
-    return {"denoise": grid.region_shape, "assemble": chunks, "decode": chunks}
+    shapes = {"denoise": grid.region_shape, "assemble": chunks, "decode": chunks}
+    return {stage: shapes.get(stage, (1, 1)) for stage in stages(plan)}
 
 
 class SuperResolutionTask:
     """Runs one unit of each stage; holds the model and the source reader for the whole run."""
-
-    stages = STAGES
 
     def __init__(self, plan: Plan, store, reader: SourceReader, model: "ModelRunner",
                  batch_size: int | None):
@@ -170,6 +194,7 @@ class SuperResolutionTask:
         self.reader = reader
         self.model = model
         self.grid = plan.tile_grid()
+        self.stages = stages(plan)
         self.unit_shapes = unit_shapes(plan)
         self.unit_names = unit_names(plan)
         from ..sample import SamplingOptions
@@ -205,7 +230,7 @@ class SuperResolutionTask:
     def decode(self, index):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
         spec, scale = self.plan.diffusion, self.plan.scale
-        pixels = tiled_pass(self.model.decode_latents, self.read_latent, core, spec.decode_tile,
+        pixels = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
                             spec.decode_halo, scale, self.model.image_channels,
                             self.model.decode_batch_size)
         values = self.denormalise(pixels)
@@ -243,6 +268,47 @@ class SuperResolutionTask:
         scale = self.plan.scale
         return np.repeat(np.repeat(valid, scale, axis=1), scale, axis=2)
 
+    # --- shared GroupNorm statistics (plan.diffusion.shared_norm; tiler/norm_stats.py) -----------
+    def decoder_stats(self, index):
+        """Measure the decoder's statistics over a sample of the assembled latent."""
+        self._measure("decoder", self.read_latent, self.model.decode_latents, self.model.decoder_norms)
+        self.store.mark_done("decoder_stats", index)
+
+    def _measure(self, part: str, read, call, norms: int):
+        """Run ``call`` on the sample windows (``read`` of each) pooled as one image; save the
+        statistics of its ``norms`` GroupNorms."""
+        recorder = norm_stats.Recorder(norms)
+        call(np.stack([read(box) for box in self.stats_sample()]), norms=recorder)
+        self._save_norms(part, recorder.as_array())
+
+    def stats_sample(self) -> list[Box]:
+        """The latent windows the statistics are measured on: a pure function of the plan."""
+        side = min(STATS_SIDE, self.grid.height, self.grid.width)
+        corners = norm_stats.sample_boxes(self.grid.height, self.grid.width, side, STATS_SAMPLE)
+        return [Box(Span(y, y + side), Span(x, x + side)) for y, x in corners]
+
+    def norms(self, part: str):
+        """The run's statistics of ``part`` (encoder, decoder), or None without shared statistics."""
+        if not self.plan.diffusion.shared_norm:
+            return None
+        path = self._norms_path(part)
+        return _load_norms(path, path.stat().st_mtime_ns)
+
+    def decoder(self):
+        """The decode call of ``tiled_pass``, with the run's statistics."""
+        return functools.partial(self.model.decode_latents, norms=self.norms("decoder"))
+
+    def _norms_path(self, part: str) -> Path:
+        return Path(self.store.path) / "norms" / f"{part}.npy"
+
+    def _save_norms(self, part: str, table: np.ndarray):
+        path = self._norms_path(part)
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        with open(partial, "wb") as file:  # np.save on a path would add ".npy"
+            np.save(file, table)
+        os.replace(partial, path)  # a reader never sees half a file
+
     def read_latent(self, box: Box) -> np.ndarray:
         """The blended latent over ``box``, reflected past the raster edges."""
         latent = self.store.array("latent")
@@ -256,8 +322,6 @@ class ModelRunner:
 
     def __init__(self, model, sampler: str, compile: bool, shared_norm: bool = False):
         import torch
-
-        from .. import norm_stats
 
         self.model = model
         self.device = model.device
@@ -317,8 +381,6 @@ class ModelRunner:
         GroupNorm statistics, or a ``norm_stats.Recorder`` measuring them (None: per call)."""
         import torch
 
-        from .. import norm_stats
-
         with torch.inference_mode(), norm_stats.using(norms):
             latents = self.vq_encode(self._prepare(self.to_device(pixels))).latents
         return latents.float().cpu().numpy()
@@ -328,8 +390,6 @@ class ModelRunner:
         The VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does. ``norms`` as
         for ``encode_pixels``."""
         import torch
-
-        from .. import norm_stats
 
         with torch.inference_mode(), norm_stats.using(norms):
             pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
@@ -346,6 +406,12 @@ def _loaded_runner(super_resolution: bool, model_dir: str, weights: tuple, devic
     load = load_sr_model if super_resolution else load_ldm_model
     model = load(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
     return ModelRunner(model, sampler, compile, shared_norm)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_norms(path: Path, mtime_ns: int) -> np.ndarray:
+    """Read once per process (the file's mtime in the key: a rerun's new statistics are read)."""
+    return np.load(path)
 
 
 TASK = SuperResolutionTask  # what tasks.build_task makes for a plan of this module

@@ -120,7 +120,7 @@ def plan_step(step, input_file: Path, output: Path, info=None, files: dict | Non
     diffusion = DiffusionOptions(steps=step.steps, eta=step.eta, seed=step.seed, sampler=step.sampler,
                                  device=step.device, dtype=step.dtype, value_range=value_range,
                                  decode_tile=step.decode_tile, decode_halo=step.decode_halo,
-                                 allow_pickle=step.allow_pickle)
+                                 decode_norm=step.decode_norm, allow_pickle=step.allow_pickle)
     if step.task == "inpaint":
         from ..inpaint import plan_inpaint
         from ..mask import MaskSpec

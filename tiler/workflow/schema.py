@@ -119,6 +119,7 @@ class SamplingKeys(BaseModel):
     range: str | None = None
     decode_tile: int | None = Field(default=None, ge=1)
     decode_halo: int | None = Field(default=None, ge=0)
+    decode_norm: Literal["auto", "window", "shared"] | None = None
     allow_pickle: bool = False
     batch_size: int | None = Field(default=None, ge=1)
     compile: bool = False
