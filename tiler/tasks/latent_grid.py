@@ -34,8 +34,7 @@ def unit_names(plan: Plan) -> dict[str, str]:
 
 
 def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
-    shapes = superres.unit_shapes(plan)
-    return {stage: shapes.get(stage, (1, 1)) for stage in stages(plan)}
+    return superres.unit_shapes(plan, stages(plan))
 
 
 def array_specs(plan: Plan) -> dict[str, dict]:

@@ -175,13 +175,14 @@ def unit_names(plan: Plan) -> dict[str, str]:
     return {"denoise": "region", "assemble": "chunk", "decoder_stats": "sample", "decode": "chunk"}
 
 
-def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
-    """denoise: one unit per region; assemble and decode: one per output chunk; the statistics
-    stages: one unit."""
+def unit_shapes(plan: Plan, stage_names: tuple[str, ...] | None = None) -> dict[str, tuple[int, int]]:
+    """The unit grid of each of ``stage_names`` (default: this module's stages of ``plan``):
+    denoise one unit per region, assemble and decode one per output chunk, the statistics stages
+    one unit."""
     grid = plan.tile_grid()
     chunks = grid.chunk_shape(plan.grid.chunk)
     shapes = {"denoise": grid.region_shape, "assemble": chunks, "decode": chunks}
-    return {stage: shapes.get(stage, (1, 1)) for stage in stages(plan)}
+    return {stage: shapes.get(stage, (1, 1)) for stage in stage_names or stages(plan)}
 
 
 class SuperResolutionTask:
