@@ -30,6 +30,9 @@ def plan_generative(info: RasterInfo, bands: tuple[int, ...], folder: ModelFolde
     from .tasks.superres import sampling_spec
     from .upscale import _grid_sizes
 
+    if diffusion.back_project:
+        raise BadParameter("--back-project", f"{task} has no low-resolution input to agree "
+                           "with; only super-resolution (tiler upscale) back-projects")
     sizes = _grid_sizes(GRID_DEFAULTS, **grid)
     sizes["chunk"] = GRID_DEFAULTS["chunk"]
     if sizes["tile"] % folder.tile_multiple:

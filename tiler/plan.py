@@ -81,6 +81,8 @@ class DiffusionSpec(_Frozen):
     decode_halo: int
     # a first stage without attention: one set of GroupNorm statistics per run (tiler/norm_stats.py)
     shared_norm: bool = False
+    # super-resolution: every output block's mean made the input px under it (tiler/back_projection.py)
+    back_project: bool = False
 
 
 class MaskPlan(_Frozen):
@@ -218,11 +220,14 @@ class Plan(_Frozen):
         if self.diffusion is None:
             return {}
         spec = self.diffusion
-        return {"model_dir": spec.model_dir, "sampler": spec.sampler, "steps": spec.steps,
-                "eta": spec.eta, "seed": spec.seed, "model_dtype": spec.dtype,
-                "value_range": list(spec.value_range), "decode_tile": spec.decode_tile,
-                "decode_halo": spec.decode_halo, "shared_norm": spec.shared_norm,
-                "unet_evaluations": self.tile_grid().computed_tile_count() * spec.steps}
+        summary = {"model_dir": spec.model_dir, "sampler": spec.sampler, "steps": spec.steps,
+                   "eta": spec.eta, "seed": spec.seed, "model_dtype": spec.dtype,
+                   "value_range": list(spec.value_range), "decode_tile": spec.decode_tile,
+                   "decode_halo": spec.decode_halo, "shared_norm": spec.shared_norm,
+                   "unet_evaluations": self.tile_grid().computed_tile_count() * spec.steps}
+        if self.task == "upscale":  # super-resolution's option alone
+            summary["back_project"] = spec.back_project
+        return summary
 
     def workdir_bytes(self) -> int:
         """Upper bound of the workdir's size (uncompressed arrays; compression usually shrinks it)."""
@@ -234,6 +239,8 @@ class Plan(_Frozen):
             channels = self.diffusion.latent_channels
             grid = self.tile_grid()
             size += (ny * nx * side * side + grid.width * grid.height) * channels * 4
+            if self.diffusion.back_project:  # block means, float32
+                size += grid.width * grid.height * out.count * 4
         elif self.grid.halo > 0:  # region pixels, float32
             size += ny * nx * out.count * (side * self.scale) ** 2 * 4
         return size

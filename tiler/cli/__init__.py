@@ -16,6 +16,7 @@ from .plan import plan_command
 from .qa import qa_command
 from .run import run_command
 from .synthesize import synthesize_command
+from .train import train_command
 from .upscale import upscale_command
 
 
@@ -33,3 +34,4 @@ main.add_command(run_command)
 main.add_command(inpaint_command)
 main.add_command(synthesize_command)
 main.add_command(convert_command)
+main.add_command(train_command)

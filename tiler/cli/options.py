@@ -63,7 +63,19 @@ def upscale_arguments(command):
                      help="Upscaling factor (classical models; default 4). LDM models fix their own."),
         *output_options(),
         *ldm_options("LDM: ", None, "VQ decode halo in latent px [16].", ranged=True),
+        back_project_option(),
     ])
+
+
+def back_project_option():
+    """Super-resolution's consistency with its input (tiler/back_projection.py)."""
+    from ..back_projection import ENABLED_BY_DEFAULT
+
+    return click.option(
+        "--back-project/--no-back-project", default=ENABLED_BY_DEFAULT,
+        help="LDM: correct the output so that the mean of every f x f block equals the input px "
+             "under it, the correction spread smoothly (iterative back-projection) "
+             f"[{'on' if ENABLED_BY_DEFAULT else 'off'}].")
 
 
 def ldm_options(prefix: str, grid: dict | None, decode_halo: str, ranged: bool) -> list:
@@ -155,12 +167,15 @@ def plan_kwargs(params: dict) -> dict:
 
 
 def diffusion_options(params: dict):
-    """The sampling options among a command's parameters (--range only where it has one)."""
+    """The sampling options among a command's parameters (--range and --back-project only where
+    it has them)."""
     from ..tasks.superres import DiffusionOptions
 
-    return DiffusionOptions(value_range=params.get("value_range"), **{key: params[key] for key in (
-        "steps", "eta", "seed", "sampler", "device", "dtype", "decode_tile", "decode_halo",
-        "decode_norm", "allow_pickle")})
+    keys = ("steps", "eta", "seed", "sampler", "device", "dtype", "decode_tile", "decode_halo",
+            "decode_norm", "allow_pickle")
+    return DiffusionOptions(value_range=params.get("value_range"),
+                            back_project=params.get("back_project"),
+                            **{key: params[key] for key in keys})
 
 
 def generative_options(output: list, decode_halo: str, ranged: bool):

@@ -8,7 +8,11 @@ denoise   read the region canvas's low-res pixels, normalise to [-1, 1] with the
 assemble  blend the latents of the regions touching a chunk (region weights) -> ``latent``
 decoder_stats  (``--decode-norm shared`` only; one unit) measure the decoder's GroupNorm statistics
           over a sample of the latent, so that every window decodes with the same ones
-decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels -> ``output``
+block_means  (``--back-project`` only) decode the chunk and store the mean of every f x f block of
+          its px -> ``block_means`` (low-res, raster units)
+decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels (back-projected:
+          plus the correction that the input and the block means within
+          ``back_projection.HALO`` px of the chunk give, tiler/back_projection.py) -> ``output``
 """
 
 from __future__ import annotations
@@ -21,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import engine, norm_stats
+from .. import back_projection, engine, norm_stats
 from ..first_stage import tiled_pass
 from ..grid import Box, Span
 from ..errors import BadParameter
 from ..plan import DiffusionSpec, Plan
 from ..raster import SourceReader, read_reflected, to_pixels, valid_mask
 
-STAGES = ("denoise", "assemble", "decode")
-# stages that need the model (on a GPU where there is one); decoder_stats with --decode-norm shared
-MODEL_STAGES = ("denoise", "decoder_stats", "decode")
+# stages that need the model (on a GPU where there is one); decoder_stats with --decode-norm shared,
+# block_means with --back-project
+MODEL_STAGES = ("denoise", "decoder_stats", "block_means", "decode")
 # Shared GroupNorm statistics (tiler/norm_stats.py) are measured on STATS_SAMPLE windows of at most
 # STATS_SIDE latent px pooled into one image: 4 x 32 x 32 latent px estimate a mean and variance per
 # group well, and cost 4 small encodes and decodes (9 windows of 64 took 6 minutes on a 2-core CPU).
@@ -63,6 +67,7 @@ class DiffusionOptions:
     decode_tile: int | None = None
     decode_halo: int | None = None
     decode_norm: str | None = None  # auto, window, shared (DECODE_NORMS)
+    back_project: bool | None = None  # super-resolution only (back_projection.ENABLED_BY_DEFAULT)
     allow_pickle: bool = False
 
 
@@ -102,15 +107,28 @@ def diffusion_spec(model: str, info, bands: tuple[int, ...], scale: int | None, 
     if tile % multiple:
         raise BadParameter("--tile", f"{tile} is not a multiple of {multiple}, which the UNet of "
                            f"{model} needs")
-    spec = sampling_spec(model_dir, weights, vq["latent_channels"], info, bands, options)
+    spec = sampling_spec(model_dir, weights, vq["latent_channels"], info, bands, options,
+                         back_project=_back_project(options, factor, model))
     return spec, factor
 
 
+def _back_project(options: DiffusionOptions, factor: int, model: str) -> bool:
+    chosen = options.back_project
+    if chosen is None:
+        chosen = back_projection.ENABLED_BY_DEFAULT
+    if chosen and factor % 2:  # the convergence of tiler/back_projection.py holds for even factors
+        raise BadParameter("--back-project", f"model {model} upscales by {factor}; back-projection "
+                           "needs an even factor (use --no-back-project)")
+    return chosen
+
+
 def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: tuple[int, ...],
-                  options: DiffusionOptions, local_first_stage: bool = False) -> DiffusionSpec:
+                  options: DiffusionOptions, local_first_stage: bool = False,
+                  back_project: bool = False) -> DiffusionSpec:
     """The options with their defaults, checked; device and dtype resolved; the value range.
     ``local_first_stage``: the first stage has no attention, so shared GroupNorm statistics make
-    its tiled passes exact (the ``--decode-norm auto`` choice)."""
+    its tiled passes exact (the ``--decode-norm auto`` choice); ``back_project``: the
+    super-resolution's choice (its own check, in ``diffusion_spec``)."""
     from .. import models
     from ..raster import parse_value_range, value_range
 
@@ -131,7 +149,7 @@ def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: t
     return DiffusionSpec(
         model_dir=str(model_dir.resolve()), weights=_weights_identity(weights.values()),
         dtype=dtype, value_range=limits, latent_channels=latent_channels, shared_norm=shared_norm,
-        **chosen)
+        back_project=back_project, **chosen)
 
 
 def _check_positive(chosen: dict):
@@ -159,20 +177,26 @@ def array_specs(plan: Plan) -> dict[str, dict]:
     specs["latent"] = dict(shape=(channels, height, width),
                            chunks=(channels, min(chunk, height), min(chunk, width)),
                            dtype="float32", fill_value=float("nan"))
+    if plan.diffusion.back_project:
+        specs["block_means"] = dict(shape=(plan.output.count, height, width),
+                                    chunks=(plan.output.count, min(chunk, height), min(chunk, width)),
+                                    dtype="float32", fill_value=float("nan"))
     specs.update(engine.done_specs(unit_shapes(plan)))
     return specs
 
 
 def stages(plan: Plan) -> tuple[str, ...]:
     """With shared GroupNorm statistics a one-unit ``decoder_stats`` stage measures them before
-    decode."""
-    if not plan.diffusion.shared_norm:
-        return STAGES
-    return ("denoise", "assemble", "decoder_stats", "decode")
+    decode; with back-projection a ``block_means`` stage decodes every chunk once before decode
+    (its neighbours' block means decide a chunk's correction)."""
+    spec = plan.diffusion
+    return (("denoise", "assemble") + (("decoder_stats",) if spec.shared_norm else ())
+            + (("block_means",) if spec.back_project else ()) + ("decode",))
 
 
 def unit_names(plan: Plan) -> dict[str, str]:
-    return {"denoise": "region", "assemble": "chunk", "decoder_stats": "sample", "decode": "chunk"}
+    return {"denoise": "region", "assemble": "chunk", "decoder_stats": "sample",
+            "block_means": "chunk", "decode": "chunk"}
 
 
 def unit_shapes(plan: Plan, stage_names: tuple[str, ...] | None = None) -> dict[str, tuple[int, int]]:
@@ -181,7 +205,8 @@ def unit_shapes(plan: Plan, stage_names: tuple[str, ...] | None = None) -> dict[
     one unit."""
     grid = plan.tile_grid()
     chunks = grid.chunk_shape(plan.grid.chunk)
-    shapes = {"denoise": grid.region_shape, "assemble": chunks, "decode": chunks}
+    shapes = {"denoise": grid.region_shape, "assemble": chunks, "block_means": chunks,
+              "decode": chunks}
     return {stage: shapes.get(stage, (1, 1)) for stage in stage_names or stages(plan)}
 
 
@@ -230,15 +255,46 @@ class SuperResolutionTask:
 
     def decode(self, index):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
-        spec, scale = self.plan.diffusion, self.plan.scale
-        pixels = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
-                            spec.decode_halo, scale, self.model.image_channels,
-                            self.model.decode_batch_size)
-        values = self.denormalise(pixels)
+        values = self.decoded(core)
+        if self.plan.diffusion.back_project:
+            values = values + self.correction(core)  # float64
         valid = self.output_validity(core)
-        engine.write_core(self.store, "output", core.scale(scale),
+        engine.write_core(self.store, "output", core.scale(self.plan.scale),
                           to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill))
         self.store.mark_done("decode", index)
+
+    def decoded(self, core: Box) -> np.ndarray:
+        """The decoded px of latent box ``core`` in raster units (float32)."""
+        spec = self.plan.diffusion
+        pixels = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
+                            spec.decode_halo, self.plan.scale, self.model.image_channels,
+                            self.model.decode_batch_size)
+        return self.denormalise(pixels)
+
+    # --- back-projection (plan.diffusion.back_project; tiler/back_projection.py) -----------------
+    def block_means(self, index):
+        """Store the f x f block means of the chunk's decoded px. ``decode`` decodes the chunk
+        again: two decodes per chunk, where decoding it grown by the halo would take four times the
+        windows with the default grid (the halo reaches into every neighbouring decode tile)."""
+        core = self.grid.chunk_box(index, self.plan.grid.chunk)
+        means = back_projection.block_mean(self.decoded(core), self.plan.scale)
+        engine.write_core(self.store, "block_means", core, means.astype(np.float32))
+        self.store.mark_done("block_means", index)
+
+    def correction(self, core: Box) -> np.ndarray:
+        """Back-projection's correction of the decoded px over ``core`` (raster units, float64),
+        from the residual (input - block means; none at nodata px) over ``core`` grown by the
+        halo, reflected past the raster's edges like every read: a chunk gets the whole raster's
+        correction."""
+        grown = core.grow(back_projection.HALO)
+        lowres = self.reader.read(grown)
+        valid = valid_mask(lowres, self.plan.input.nodata)
+        stored = self.store.array("block_means")
+        means = read_reflected(lambda rows, cols: stored[:, rows, cols], grown,
+                               self.plan.input.height, self.plan.input.width)
+        residual = np.where(valid, lowres.astype(np.float64) - means, 0.0)
+        return back_projection.correction(residual, valid, self.plan.scale,
+                                          margin=back_projection.HALO)
 
     # --- pixels <-> model space ----------------------------------------------------------------
     def condition(self, box: Box) -> np.ndarray:

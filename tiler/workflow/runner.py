@@ -120,7 +120,8 @@ def plan_step(step, input_file: Path, output: Path, info=None, files: dict | Non
     diffusion = DiffusionOptions(steps=step.steps, eta=step.eta, seed=step.seed, sampler=step.sampler,
                                  device=step.device, dtype=step.dtype, value_range=value_range,
                                  decode_tile=step.decode_tile, decode_halo=step.decode_halo,
-                                 decode_norm=step.decode_norm, allow_pickle=step.allow_pickle)
+                                 decode_norm=step.decode_norm, allow_pickle=step.allow_pickle,
+                                 back_project=getattr(step, "back_project", None))
     if step.task == "inpaint":
         from ..inpaint import plan_inpaint
         from ..mask import MaskSpec

@@ -137,6 +137,7 @@ class UpscaleStep(StepBase, SamplingKeys):
     task: Literal["upscale"]
     model: str = DEFAULT_SR_MODEL
     scale: int | None = Field(default=None, ge=1, le=16)
+    back_project: bool | None = None  # LDM super-resolution alone; None: the CLI's default
 
     @property
     def uses_model(self) -> bool:
