@@ -183,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--inpaint-steps", type=int, default=50)
     parser.add_argument("--areas", default=",".join(HOLD_OUT), help="held-out areas to measure")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--update-cards", action="store_true",
+                        help="write the table into each model's README.md (Quality section)")
     args = parser.parse_args(argv)
     args.low, args.high = (float(v) for v in args.range.split(","))
     args.back_project = {"on": [True], "off": [False], "both": [False, True]}[args.back_project]
@@ -196,6 +198,22 @@ def main(argv=None):
             print(table([r for r in rows if r["area"] == area.replace(" ", "-")]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.update_cards:
+        command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        sr_rows = [r for r in rows if "psnr" in r]
+        inpaint_rows = [r for r in rows if "psnr_masked" in r]
+        for model, picked in ((args.sr_model, sr_rows), (args.inpaint_model, inpaint_rows)):
+            if model and picked:
+                update_card(Path(model) / "README.md", picked, command)
+
+
+def update_card(card: Path, rows: list[dict], command: str) -> None:
+    """Replace the card's Quality section with these rows."""
+    text = card.read_text()
+    head = text.split("## Quality")[0]
+    card.write_text(head + "## Quality\n\nOn the held-out areas of the Sentinel-2 scene (never read "
+                    "in training), value range mapped to [0, 1]; measured with\n\n```sh\n" + command
+                    + "\n```\n\n" + table(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -157,3 +157,17 @@ def test_an_existing_output_is_kept_without_overwrite(scene, tmp_path):
     refused = train("superres", [scene], out, "--steps", "2", "--overwrite")
     assert refused.returncode == 1 and "not a model folder" in refused.stderr
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_bundled_models_training_never_reads_the_demo_sample():
+    """training/prepare_data.py holds out the demo sample's footprint (and a second area)."""
+    import rasterio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
+    from prepare_data import HOLD_OUT
+
+    with rasterio.open(Path(__file__).resolve().parent.parent / "samples" / "sentinel2_rgb.tif") as src:
+        left, bottom, right, top = src.bounds
+    held = HOLD_OUT["demo sample"]
+    assert held[0] <= left and held[1] <= bottom and held[2] >= right and held[3] >= top
+    assert len(HOLD_OUT) >= 2

@@ -45,8 +45,11 @@ def train(options: TrainOptions, progress: bool = True) -> Path:
         trainer = objectives.first_stage_trainer(vq)
         loss = objectives.first_stage_loss(trainer, sampler, options.first_stage_batch_size,
                                            options.first_stage_window, options.seed, device)
-        stages["first stage"] = run_stage("first_stage", trainer, loss, steps=options.stage_steps("first_stage"),
-                                          seconds=options.stage_seconds("first_stage"), **common)
+        steps, seconds = options.stage_steps("first_stage"), options.stage_seconds("first_stage")
+        if (folder / "unet.pt").exists():  # the UNet learnt this first stage's latents: keep it
+            steps, seconds = None, 0.0
+        stages["first stage"] = run_stage("first_stage", trainer, loss, steps=steps, seconds=seconds,
+                                          **common)
         std, mean = objectives.normalise_latents(vq, sampler, options.first_stage_window, options.seed, device)
         latent_note = f"scale {std:.4f}, channel means {', '.join(f'{m:.4f}' for m in mean)}"
     vq.requires_grad_(False).eval()
