@@ -86,14 +86,16 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PROGRESS_BAR = re.compile(r"^\w+:\s+\d+%\|")  # tqdm redraws these in place and clears them at the end
 
 
-def run_tiler(*args, preexec_fn=None) -> subprocess.CompletedProcess:
-    """``python -m tiler ARGS`` in a fresh process: real exit codes, real stderr. Commands that name
-    no model run the classical bicubic (the default LDM model is not on this machine)."""
+def run_tiler(*args, preexec_fn=None, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m tiler ARGS`` in a fresh process (in ``cwd``): real exit codes, real stderr.
+    Commands that name no model run the classical bicubic (the default LDM model is not on this
+    machine)."""
     args = [*map(str, args)]
     if args and args[0] in ("upscale", "plan") and "--model" not in args:
         args += ["--model", "bicubic"]
     command = [sys.executable, "-m", "tiler", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn,
+                          cwd=cwd)
 
 
 def shown_lines(stderr: str) -> list[str]:

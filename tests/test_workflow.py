@@ -4,6 +4,7 @@ name file:line and key path, a failing file does not stop the others."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -30,7 +31,9 @@ def tiny_synthesis_model(tmp_path_factory) -> Path:
     return save_tiny_synthesis_model(tmp_path_factory.mktemp("models") / "tiny-synthesis", classes=182)
 
 
-EXAMPLES = sorted((REPO / "workflows").glob("*.yaml"))
+# runnable as written (bundled sample and models), then those needing what is not bundled
+RUNNABLE = sorted((REPO / "workflows").glob("*.yaml"))
+EXAMPLES = RUNNABLE + sorted((REPO / "workflows" / "external").glob("*.yaml"))
 TINY_GRID = {"tile": 16, "overlap": 4, "region": 24, "halo": 4, "steps": 2, "decode-tile": 16,
              "decode-halo": 4, "device": "cpu"}
 
@@ -134,7 +137,7 @@ def test_export_only_change_recomputes_only_the_export(tmp_path):
 def test_a_failing_file_is_reported_and_the_others_complete(tmp_path):
     make_scans(tmp_path, count=3)
     (tmp_path / "scans" / "scan1.tif").write_text("not a raster")
-    workflow = write_workflow(tmp_path, (REPO / "workflows" / "minimal.yaml").read_text())
+    workflow = write_workflow(tmp_path, GOOD)
     result = run_tiler("run", workflow)
     assert result.returncode == 1
     assert "2 done, 0 skipped (up to date), 1 failed, of 3 files" in summary(result)
@@ -147,9 +150,25 @@ def test_a_failing_file_is_reported_and_the_others_complete(tmp_path):
     assert "1 done, 0 skipped (up to date), 1 failed, of 3 files" in summary(fast)
 
 
+def test_paths_are_relative_to_the_workflow_file_model_folders_too(tmp_path, tiny_model):
+    """Run from another directory, a workflow in flows/ reads ../scans, writes ../out and loads
+    ../models/tiny-sr; '..' is folded in the paths shown."""
+    make_scans(tmp_path, count=1)
+    shutil.copytree(tiny_model, tmp_path / "models" / "tiny-sr")
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)  # its ../models does not exist
+    text = CHAIN.format(model="../models/tiny-sr").replace('"scans/', '"../scans/')
+    workflow = write_workflow(tmp_path / "flows", text.replace('"out/', '"../out/'))
+    result = run_tiler("run", workflow, "--dry-run", cwd=tmp_path / "elsewhere" / "deeper")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{tmp_path / 'scans' / 'scan0.tif'}: would run" in result.stdout
+    assert f"sr           would run  {tmp_path / 'models' / 'tiny-sr'} x4" in result.stdout
+    assert f"-> {tmp_path / 'out' / 'scan0_sr.tif'}" in result.stdout
+
+
 def test_outputs_not_written_by_tiler_are_not_replaced(tmp_path):
     make_scans(tmp_path, count=1)
-    workflow = write_workflow(tmp_path, (REPO / "workflows" / "minimal.yaml").read_text())
+    workflow = write_workflow(tmp_path, GOOD)
     (tmp_path / "out").mkdir()
     foreign = tmp_path / "out" / "scan0_x4.tif"
     foreign.write_bytes(b"someone else's file")
@@ -163,45 +182,83 @@ def test_outputs_not_written_by_tiler_are_not_replaced(tmp_path):
 
 def test_two_files_writing_one_output_is_refused(tmp_path):
     make_scans(tmp_path, count=2)
-    text = (REPO / "workflows" / "minimal.yaml").read_text().replace("{stem}_x4", "all_x4")
+    text = GOOD.replace("{stem}_x4", "all_x4")
     result = run_tiler("run", write_workflow(tmp_path, text))
     assert result.returncode == 2
     assert "steps[0].output" in result.stderr and "put {stem} in the output template" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
-def test_examples_validate_and_dry_run(tmp_path, example, tiny_model, tiny_inpaint_model,
-                                      tiny_synthesis_model):
-    """Each example, copied beside generated rasters (label maps for a synthesis example, masks
-    where it names them), dry-runs (LDM steps with the tiny models: the real ones are not on this
-    machine), then runs."""
+def example_id(path: Path) -> str:
+    return str(path.relative_to(REPO / "workflows").with_suffix(""))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[example_id(path) for path in EXAMPLES])
+def test_examples_validate_dry_run_and_run(tmp_path, example, tiny_model, tiny_inpaint_model,
+                                           tiny_synthesis_model):
+    """Each example, in a copy of the repository's layout (workflows/ as it is; small generated
+    rasters where its inputs point: uint16 scenes, label maps for a synthesis example, masks where
+    it names them), dry-runs, then runs (LDM steps on the tiny models: the real ones are large or
+    not bundled)."""
     import yaml
 
-    workflow = tmp_path / example.name
-    shutil.copy(example, workflow)
-    for extra in example.parent.glob("*.txt"):
-        shutil.copy(extra, tmp_path)
-    shutil.copytree(example.parent / "classes", tmp_path / "classes")
-    data = yaml.safe_load(example.read_text())
-    folder = tmp_path / Path(data["inputs"][0]).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    if data["steps"][0]["task"] == "synthesize":
-        scans = [make_landcover(folder / f"map{i}.tif", 20, 24, seed=i) for i in range(2)]
-    else:
-        scans = [make_raster(folder / f"scan{i}.tif", width=24, height=20, seed=i) for i in range(2)]
+    shutil.copytree(REPO / "workflows", tmp_path / "workflows")
+    workflow = tmp_path / example.relative_to(REPO)
+    base = workflow.parent
+    data = yaml.safe_load(workflow.read_text())
+    synthesis = data["steps"][0]["task"] == "synthesize"
+    scans = []
+    for pattern in data["inputs"]:
+        if not pattern.endswith(".tif"):
+            continue  # e.g. "../samples/*.png": a glob that may match nothing
+        names = [pattern.replace("*", f"scan{i}") for i in range(2)] if "*" in pattern else [pattern]
+        for seed, name in enumerate(names):
+            path = base / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scans.append(make_landcover(path, 20, 24, seed=seed) if synthesis else
+                         make_raster(path, width=24, height=20, dtype="uint16", seed=seed))
     for step in data["steps"]:
         if step.get("mask"):
             for scan in scans:
-                make_mask(tmp_path / step["mask"].format(stem=scan.stem), 20, 24)
+                make_mask(base / fill_template(step["mask"], scan, step["name"]), 20, 24)
     overrides = model_overrides(data, {"upscale": tiny_model, "inpaint": tiny_inpaint_model,
                                        "synthesize": tiny_synthesis_model})
+    before = sorted(tmp_path.rglob("*"))
     dry = run_tiler("run", workflow, "--dry-run", *overrides)
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert "total: 2 files" in dry.stdout and "would run" in dry.stdout
-    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    assert f"total: {len(scans)} files" in dry.stdout and "would run" in dry.stdout
+    assert sorted(tmp_path.rglob("*")) == before  # a dry run writes nothing
     result = run_tiler("run", workflow, "-q", *overrides)
     assert result.returncode == 0, result.stderr
+    for scan in scans:
+        for step in data["steps"]:
+            assert (base / fill_template(step["output"], scan, step["name"])).is_file()
+
+
+@pytest.mark.parametrize("example", RUNNABLE, ids=[example_id(path) for path in RUNNABLE])
+def test_examples_dry_run_as_written_from_the_repository_root(example):
+    """As a user runs them, ``tiler run workflows/X.yaml --dry-run`` in the repository root: the
+    bundled sample, its cloud mask and the bundled models are where the example says."""
+    import yaml
+
+    from tiler.resample import KERNELS
+
+    for step in yaml.safe_load(example.read_text())["steps"]:
+        if step["task"] == "export" or step.get("model") in KERNELS:
+            continue
+        folder = Path(os.path.abspath(example.parent / step.get("model", "")))
+        assert folder.parent == REPO / "models", f"step {step['name']}: not a bundled model"
+        if not folder.is_dir():
+            pytest.skip(f"bundled model {folder.relative_to(REPO)} is missing (it is committed "
+                        "with the repository once trained)")
+    result = run_tiler("run", example.relative_to(REPO), "--dry-run", cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "total: 1 files" in result.stdout  # samples/sentinel2_rgb.tif
+
+
+def fill_template(template: str, input_file: Path, step: str) -> str:
+    return template.format(stem=input_file.stem, name=input_file.name,
+                           input_dir=input_file.parent, step=step)
 
 
 def make_mask(path: Path, height: int, width: int):
@@ -222,12 +279,14 @@ def make_landcover(path: Path, height: int, width: int, seed: int):
 
 def model_overrides(data: dict, tiny_models: dict[str, Path]) -> list[str]:
     """--set options pointing the workflow's LDM steps at the tiny models, with a small grid."""
+    from tiler.resample import KERNELS
+
     overrides = []
     for index, step in enumerate(data["steps"]):
         model = None
         if step["task"] in ("inpaint", "synthesize"):
             model = tiny_models[step["task"]]
-        elif step["task"] == "upscale" and str(step.get("model", "CompVis/")).startswith("CompVis/"):
+        elif step["task"] == "upscale" and step.get("model") not in KERNELS:  # the default is LDM
             model = tiny_models["upscale"]
         if model is not None:
             overrides += ["--set", f"steps[{index}].model={model}"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -77,7 +78,7 @@ def input_files(workflow: Workflow, source: Source) -> list[Path]:
     if not files:
         raise WorkflowError(f"{source.where(('inputs',))}: {workflow.inputs} match no file "
                             f"(relative to {base})")
-    return list(dict.fromkeys(file.absolute() for file in files))
+    return list(dict.fromkeys(_absolute(file) for file in files))
 
 
 def _listed_files(path: Path, source: Source) -> list[Path]:
@@ -90,10 +91,29 @@ def _listed_files(path: Path, source: Source) -> list[Path]:
     return [path.parent / Path(name).expanduser() for name in names]
 
 
+def local_models(workflow: Workflow, base: Path) -> Workflow:
+    """Steps whose ``model`` names a folder relative to the workflow file get its absolute path;
+    any other model (a kernel, a hub id, an absolute path, a folder relative to the current
+    directory) stays as written."""
+    steps = []
+    for step in workflow.steps:
+        if getattr(step, "uses_model", False):
+            folder = base / Path(step.model).expanduser()
+            if folder.is_dir():
+                step = step.model_copy(update={"model": str(_absolute(folder))})
+        steps.append(step)
+    return workflow.model_copy(update={"steps": steps})
+
+
 def output_path(template: str, input_file: Path, step: str, base: Path) -> Path:
     text = template.format(stem=input_file.stem, name=input_file.name,
                            input_dir=str(input_file.parent), step=step)
-    return (base / Path(text).expanduser()).absolute()
+    return _absolute(base / Path(text).expanduser())
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute, ``..`` folded (``workflows/../samples`` -> ``samples``), as the plans' paths."""
+    return Path(os.path.abspath(path))
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -165,9 +185,9 @@ def stored_identity(output: Path) -> str | None:
 class WorkflowRunner:
     def __init__(self, workflow: Workflow, source: Source, *, overwrite: bool = False,
                  progress: bool = False, say: Callable[[str], None] = lambda line: None):
-        self.workflow = workflow
-        self.source = source
         self.base = source.path.parent
+        self.workflow = local_models(workflow, self.base)
+        self.source = source
         self.overwrite = overwrite
         self.progress = progress
         self.say = say
