@@ -184,7 +184,8 @@ def tiler_fused(input_path, output_path, model_dir, tile: int, overlap: int, ste
 
     whole = _whole_raster_region(input_path)
     options = DiffusionOptions(steps=steps, eta=eta, seed=seed, sampler=sampler, device=device,
-                               decode_tile=decode_tile or whole, decode_halo=decode_halo)
+                               decode_tile=decode_tile or whole, decode_halo=decode_halo,
+                               back_project=False)  # the sampler's seams, as the baseline's
     plan = plan_upscale(input_path, output_path, model=str(model_dir), bands=bands, tile=tile,
                         overlap=overlap, region=region or whole, halo=overlap if halo is None else halo,
                         diffusion=options)

@@ -156,7 +156,8 @@ def test_value_range_of_a_large_raster_samples_whole_blocks_over_all_of_it(tmp_p
     assert abs(high - true_high) < 0.05 * (true_high - true_low)
 
 
-SUMMARY = re.compile(r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+), decode (\d+)/(\d+)")
+SUMMARY = re.compile(r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+)(?:, block_means \d+/\d+)?, "
+                     r"decode (\d+)/(\d+)")
 
 
 def test_killed_run_resumes_bit_identical(tmp_path, tiny_model):
@@ -231,7 +232,8 @@ def test_shared_decoder_statistics_on_request(tmp_path, tiny_model):
     src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint8")
     shared = replace(FAST, decode_norm="shared")
     plan = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=shared, **GRID)
-    assert plan.diffusion.shared_norm and stages(plan) == ("denoise", "assemble", "decoder_stats", "decode")
+    assert plan.diffusion.shared_norm and stages(plan) == ("denoise", "assemble", "decoder_stats", "block_means",
+                                                      "decode")
     default = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=FAST, **GRID)
     assert not default.diffusion.shared_norm and "decoder_stats" not in stages(default)
     assert default.fingerprint != plan.fingerprint

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 # The default of ``tiler upscale --back-project`` (LDM super-resolution only); one edit switches it.
-ENABLED_BY_DEFAULT = False
+ENABLED_BY_DEFAULT = True
 ITERATIONS = 6
 REACH = 2  # low-res px one iteration reaches (P: 1, A U: 1)
 HALO = REACH * ITERATIONS  # low-res px around a core that decide its correction

@@ -182,14 +182,34 @@ def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     return values.astype(target)
 
 
-def to_pixels(values: np.ndarray, valid: np.ndarray, dtype: str, fill: float) -> np.ndarray:
+def to_pixels(values: np.ndarray, valid: np.ndarray, dtype: str, fill: float,
+              nodata: float | None = None) -> np.ndarray:
     """Blended values to output pixels: valid ones converted to ``dtype``, the others ``fill``.
-    Overwrites ``values``."""
-    if valid.all():
-        return to_dtype(values, dtype)
-    pixels = to_dtype(np.where(valid, values, 0), dtype)
-    pixels[~valid] = fill
+    A valid px that would round or clip onto ``nodata`` moves to the nearest representable value
+    that is not nodata, so it is not read back as missing. Overwrites ``values``."""
+    computed = values if nodata is None else values.copy()
+    pixels = to_dtype(values if valid.all() else np.where(valid, values, 0), dtype)
+    if nodata is not None:
+        keep_valid(pixels, valid, computed, nodata)
+    if not valid.all():
+        pixels[~valid] = fill
     return pixels
+
+
+def keep_valid(pixels: np.ndarray, valid: np.ndarray, computed: np.ndarray, nodata: float) -> None:
+    """Move valid px equal to ``nodata`` one representable step towards their computed value (or
+    away from the end of the dtype's range). In place."""
+    hit = valid & (pixels == pixels.dtype.type(nodata))
+    if not hit.any():
+        return
+    kind = pixels.dtype
+    if np.issubdtype(kind, np.integer):
+        limits = np.iinfo(kind)
+        below = (computed[hit] < nodata) & (nodata > limits.min) | (nodata == limits.max)
+        pixels[hit] = np.where(below, nodata - 1, nodata + 1).astype(kind)
+    else:
+        target = np.where(computed[hit] < nodata, -np.inf, np.inf).astype(kind)
+        pixels[hit] = np.nextafter(pixels[hit], target)
 
 
 def fill_value(dtype: str, nodata: float | None) -> float:

@@ -73,7 +73,8 @@ class ClassicalUpscaleTask:
         self.store.mark_done("assemble", index)
 
     def pixels(self, values, valid):
-        return to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill)
+        return to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill,
+                         self.plan.output.nodata)
 
     def region_pixels(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
         """Output values and validity over the region's extent (scaled to output px)."""

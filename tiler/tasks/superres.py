@@ -260,7 +260,8 @@ class SuperResolutionTask:
             values = values + self.correction(core)  # float64
         valid = self.output_validity(core)
         engine.write_core(self.store, "output", core.scale(self.plan.scale),
-                          to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill))
+                          to_pixels(values, valid, self.plan.output.dtype, self.plan.output_fill,
+                                    self.plan.output.nodata))
         self.store.mark_done("decode", index)
 
     def decoded(self, core: Box) -> np.ndarray:
