@@ -31,7 +31,8 @@ BASE = {"--tile": 64, "--overlap": 16, "--region": 128, "--halo": 32, "--decode-
 SWEEPS = [("tile", "--tile", (32, 64, 128)),
           ("overlap", "--overlap", (0, 8, 16)),
           ("decode halo", "--decode-halo", (0, 4, 8, 16, 32)),
-          ("decode statistics", "--decode-norm", ("window", "shared"))]
+          ("decode statistics", "--decode-norm", ("window", "shared")),
+          ("back-projection", "--decode-halo", (0,))]  # with --no-back-project: what it hides
 
 
 def crop(sample: Path, size: int, out: Path) -> Path:
@@ -55,7 +56,7 @@ def upscale(src: Path, out: Path, model: str, options: dict, common: list[str]) 
 
 
 def seams(out: Path) -> dict:
-    result = subprocess.run([sys.executable, "-m", "tiler", "qa", str(out), "--json"],
+    result = subprocess.run([sys.executable, "-m", "tiler", "qa", str(out), "--json", "--overwrite"],
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout)["index"]
 
@@ -91,7 +92,8 @@ def main(argv=None):
         for sweep, option, values in SWEEPS:
             for value in values:
                 out = tmp / "tiled.tif"
-                seconds = upscale(src, out, args.model, BASE | {option: value}, common)
+                flags = common + (["--no-back-project"] if sweep == "back-projection" else [])
+                seconds = upscale(src, out, args.model, BASE | {option: value}, flags)
                 rows.append({"sweep": sweep, "value": value, "seconds": seconds, **seams(out),
                              "psnr_vs_whole": psnr(out, whole, low, high)})
                 print(rows[-1], flush=True)

@@ -65,7 +65,7 @@ def test_inpaint_folder_loads_through_tiler_inpaint(scene, tmp_path):
 
 
 def test_resumes_after_sigkill_to_the_uninterrupted_weights(scene, tmp_path):
-    args = ["superres", scene, *TINY, "--steps", "60", "--first-stage-steps", "30",
+    args = ["superres", scene, *TINY, "--steps", "30", "--first-stage-steps", "10",
             "--checkpoint-minutes", "0.001", "-q"]
     reference = run_tiler("train", *args, "-o", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr
