@@ -171,3 +171,15 @@ def test_the_bundled_models_training_never_reads_the_demo_sample():
     held = HOLD_OUT["demo sample"]
     assert held[0] <= left and held[1] <= bottom and held[2] >= right and held[3] >= top
     assert len(HOLD_OUT) >= 2
+
+
+def test_a_given_first_stage_is_reused_frozen(scene, tmp_path):
+    first = tmp_path / "first"
+    assert train("superres", [scene], first, "--steps", "2", "-q").returncode == 0
+    second = tmp_path / "second"
+    result = train("inpaint", [scene], second, "--steps", "2", "--first-stage", first, "-q")
+    assert result.returncode == 0, result.stderr
+    name = "vqvae/diffusion_pytorch_model.safetensors"
+    given, reused = load_file(first / name), load_file(second / name)
+    assert all(np.array_equal(given[key], reused[key]) for key in given)
+    assert not (Path(f"{second}.train") / "first_stage.pt").exists()
