@@ -192,8 +192,11 @@ def visible_device_ids(gpus: int) -> list[str]:
 
 
 def worker_spec(nanny_class, **options) -> dict:
+    # Workers log only CRITICAL: a unit's failure reaches the client as its task's error (one
+    # line from tiler), while Dask's ERROR logs at shutdown (a heartbeat racing the scheduler's
+    # close) would print tracebacks after a successful run.
     return {"cls": nanny_class, "options": {"nthreads": 1, "host": "127.0.0.1",
-                                            "silence_logs": logging.ERROR, **options}}
+                                            "silence_logs": logging.CRITICAL, **options}}
 
 
 def _jobqueue_cluster(kind: str, jobs: int | None):
