@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
 from prepare_data import HOLD_OUT, S2_NAME  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from tiler import back_projection  # noqa: E402
+
 F = 4
 DEFAULT_SETTINGS = "ddim:20,ddim:50,dpm++:5,dpm++:10,dpm++:20"
 
@@ -51,8 +54,7 @@ def read_truth(scene: Path, bounds) -> tuple[np.ndarray, dict]:
 
 
 def block_mean(image: np.ndarray) -> np.ndarray:
-    b, h, w = image.shape
-    return image.reshape(b, h // F, F, w // F, F).mean(axis=(2, 4))
+    return back_projection.block_mean(image, F)
 
 
 def write(path: Path, data: np.ndarray, crs, transform, dtype="float32") -> Path:

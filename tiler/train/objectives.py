@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .architectures import FACTOR
 from .degrade import cloud_masks, low_resolution
 
 RESTART_EVERY = 100  # steps between dead-code restarts
@@ -92,8 +93,7 @@ def unet_loss(task: str, unet, vq, schedule, sampler, options, device):
     import torch
     import torch.nn.functional as F
 
-    factor = 4
-    size = options.window * factor
+    size = options.window * FACTOR
     steps = schedule.config.num_train_timesteps
 
     def loss(step: int):
@@ -101,7 +101,7 @@ def unet_loss(task: str, unet, vq, schedule, sampler, options, device):
         generator = _generator(options.seed, UNET_STREAM, step)
         with torch.no_grad():
             clean = vq.encode(images).latents
-            condition = _condition(task, images, vq, options, generator, step, factor)
+            condition = _condition(task, images, vq, options, generator, step, FACTOR)
         noise = torch.randn(clean.shape, generator=generator).to(device)
         timesteps = torch.randint(steps, (len(images),), generator=generator).to(device)
         noisy = schedule.add_noise(clean, noise, timesteps)

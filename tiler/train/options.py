@@ -61,11 +61,6 @@ class TrainOptions(BaseModel):
             raise BadParameter("--first-stage-window", f"{self.first_stage_window} is not a "
                                "multiple of 4 (the first stage's factor)")
 
-    @property
-    def scale(self) -> int:
-        """Output px per input px: 4 for super-resolution (the latent grid is the low-res grid)."""
-        return 4 if self.task == "superres" else 1
-
     def fingerprint(self) -> str:
         """Identity of the training run (what the weights depend on; not the budget or device)."""
         data = self.model_dump(include=set(TRAINED_BY), mode="json")

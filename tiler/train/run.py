@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..models import ModelError
 from . import checkpoint, objectives
+from .architectures import FACTOR
 from .architectures import first_stage as new_first_stage
 from .architectures import noise_schedule, unet as new_unet
 from .data import WindowSampler, describe_sources
@@ -23,9 +24,8 @@ def train(options: TrainOptions, progress: bool = True) -> Path:
     # rasters, device
     output = Path(options.output)
     check_destination(output, options.overwrite)
-    factor = 4
     sampler = WindowSampler.open(options.sources, options.bands, options.value_range, options.hold_out,
-                                 (options.first_stage_window, options.window * factor), options.seed)
+                                 (options.first_stage_window, options.window * FACTOR), options.seed)
     import torch
 
     from ..models import resolve_device
