@@ -17,7 +17,7 @@ $(STAMP): setup.py
 
 # The bundled LDM-SR model (trained here on the Sentinel-2 scene the sample comes from, never on the
 # sample's own area) with the value range it was trained with and its fast sampler setting.
-DEMO_MODEL := --model models/ldm-sr-sentinel2-4x --range 300,2300 --sampler dpm++ --steps 10 --decode-norm shared \
+DEMO_MODEL := --model models/ldm-sr-sentinel2-4x --range 300,2300 --sampler dpm++ --steps 10 \
 	--device cpu
 DEMO := demo-output/sentinel2_rgb
 

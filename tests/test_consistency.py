@@ -165,8 +165,8 @@ def test_the_option_is_in_the_plan_and_its_fingerprint(tmp_path, tiny_model):
              for flag in (None, False, True)}
     assert plans[None] == plans[bp.ENABLED_BY_DEFAULT]  # one constant decides the default
     assert plans[True].fingerprint != plans[False].fingerprint
-    assert stages(plans[False]) == ("denoise", "assemble", "decode")
-    assert stages(plans[True]) == ("denoise", "assemble", "block_means", "decode")
+    assert stages(plans[False]) == ("denoise", "assemble", "decoder_stats", "decode")
+    assert stages(plans[True]) == ("denoise", "assemble", "decoder_stats", "block_means", "decode")
     Workdir.open_or_create(tmp_path / "work", plans[False], array_specs(plans[False]))
     with pytest.raises(WorkdirError, match="different plan"):
         Workdir.open_or_create(tmp_path / "work", plans[True], array_specs(plans[True]))

@@ -156,7 +156,8 @@ def test_value_range_of_a_large_raster_samples_whole_blocks_over_all_of_it(tmp_p
     assert abs(high - true_high) < 0.05 * (true_high - true_low)
 
 
-SUMMARY = re.compile(r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+)(?:, block_means \d+/\d+)?, "
+SUMMARY = re.compile(r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+)(?:, decoder_stats \d+/\d+)?"
+                     r"(?:, block_means \d+/\d+)?, "
                      r"decode (\d+)/(\d+)")
 
 
@@ -222,9 +223,10 @@ def test_consecutive_runs_with_one_model_load_it_once(tmp_path, tiny_model, monk
 
 
 def test_shared_decoder_statistics_on_request(tmp_path, tiny_model):
-    """--decode-norm shared: a one-unit decoder_stats stage measures the decoder's GroupNorm
-    statistics once; every window then decodes with them. The output changes, and still does not
-    depend on the output chunks or the thread count; the SR VQ's own default stays per window."""
+    """--decode-norm shared (also the auto default, measured on trained weights): a one-unit
+    decoder_stats stage measures the decoder's GroupNorm statistics once; every window then decodes
+    with them. The output changes, and still does not depend on the output chunks or the thread
+    count; --decode-norm window decodes each window with its own statistics."""
     from dataclasses import replace
 
     from tiler.tasks.superres import stages
@@ -235,11 +237,14 @@ def test_shared_decoder_statistics_on_request(tmp_path, tiny_model):
     assert plan.diffusion.shared_norm and stages(plan) == ("denoise", "assemble", "decoder_stats", "block_means",
                                                       "decode")
     default = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=FAST, **GRID)
-    assert not default.diffusion.shared_norm and "decoder_stats" not in stages(default)
-    assert default.fingerprint != plan.fingerprint
+    assert default.fingerprint == plan.fingerprint
+    per_window = replace(FAST, decode_norm="window")
+    own = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=per_window, **GRID)
+    assert not own.diffusion.shared_norm and "decoder_stats" not in stages(own)
+    assert own.fingerprint != plan.fingerprint
     small, _ = superres(src, tmp_path / "small.tif", tiny_model, diffusion=shared, chunk=8, workers=2)
     large, _ = superres(src, tmp_path / "large.tif", tiny_model, diffusion=shared, chunk=64)
-    window, _ = superres(src, tmp_path / "window.tif", tiny_model)
+    window, _ = superres(src, tmp_path / "window.tif", tiny_model, diffusion=per_window)
     np.testing.assert_array_equal(small, large)
     assert (small != window).mean() > 0.1
     with pytest.raises(BadParameter, match="--decode-norm"):

@@ -33,7 +33,7 @@ def tiny_synthesis_model(tmp_path_factory) -> Path:
 
 # runnable as written (bundled sample and models), then those needing what is not bundled
 RUNNABLE = sorted((REPO / "workflows").glob("*.yaml"))
-EXAMPLES = RUNNABLE + sorted((REPO / "workflows" / "external").glob("*.yaml"))
+EXAMPLES = RUNNABLE + sorted((REPO / "docs" / "examples").glob("*.yaml"))
 TINY_GRID = {"tile": 16, "overlap": 4, "region": 24, "halo": 4, "steps": 2, "decode-tile": 16,
              "decode-halo": 4, "device": "cpu"}
 
@@ -190,19 +190,20 @@ def test_two_files_writing_one_output_is_refused(tmp_path):
 
 
 def example_id(path: Path) -> str:
-    return str(path.relative_to(REPO / "workflows").with_suffix(""))
+    return str(path.relative_to(REPO).with_suffix(""))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[example_id(path) for path in EXAMPLES])
 def test_examples_validate_dry_run_and_run(tmp_path, example, tiny_model, tiny_inpaint_model,
                                            tiny_synthesis_model):
-    """Each example, in a copy of the repository's layout (workflows/ as it is; small generated
-    rasters where its inputs point: uint16 scenes, label maps for a synthesis example, masks where
-    it names them), dry-runs, then runs (LDM steps on the tiny models: the real ones are large or
-    not bundled)."""
+    """Each example, in a copy of the repository's layout (workflows/ and docs/examples/ as they
+    are; small generated rasters where its inputs point: uint16 scenes, label maps for a synthesis
+    example, masks where it names them), dry-runs, then runs (LDM steps on the tiny models: the
+    real ones are large or not bundled)."""
     import yaml
 
     shutil.copytree(REPO / "workflows", tmp_path / "workflows")
+    shutil.copytree(REPO / "docs" / "examples", tmp_path / "docs" / "examples")
     workflow = tmp_path / example.relative_to(REPO)
     base = workflow.parent
     data = yaml.safe_load(workflow.read_text())

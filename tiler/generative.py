@@ -39,7 +39,7 @@ def plan_generative(info: RasterInfo, bands: tuple[int, ...], folder: ModelFolde
         raise BadParameter("--tile", f"{sizes['tile']} is not a multiple of {folder.tile_multiple}, "
                            f"which the UNet of {model} needs")
     spec = sampling_spec(folder.path, folder.weights, folder.first_stage["latent_channels"], info,
-                         bands, diffusion, local_first_stage=folder.first_stage_is_local)
+                         bands, diffusion)
     fmt = format_for(output, output_format)
     return build_plan(info, model=model, scale=1, context=0, bands=bands, output=output,
                       output_format=fmt,

@@ -201,15 +201,6 @@ class ModelFolder:
         return 2 ** (len(self.first_stage["block_out_channels"]) - 1)
 
     @property
-    def first_stage_is_local(self) -> bool:
-        """No attention in the first stage: with shared GroupNorm statistics its tiled encode and
-        decode are exact (tiler/norm_stats.py)."""
-        config = self.first_stage
-        blocks = [*config.get("down_block_types", ()), *config.get("up_block_types", ())]
-        return config.get("mid_block_add_attention", True) is False and \
-            not any("Attn" in block for block in blocks)
-
-    @property
     def tile_multiple(self) -> int:
         """Latent tiles must be a multiple of this for the UNet's downsamplings."""
         return 2 ** (len(self.unet["block_out_channels"]) - 1)

@@ -40,7 +40,10 @@ MODEL_STAGES = ("denoise", "decoder_stats", "block_means", "decode")
 # group well, and cost 4 small encodes and decodes (9 windows of 64 took 6 minutes on a 2-core CPU).
 STATS_SAMPLE = 4
 STATS_SIDE = 32
-DECODE_NORMS = {"auto": None, "window": False, "shared": True}
+# auto = shared: on trained weights (the bundled SR VQ, with attention) one shared set of decoder
+# GroupNorm statistics cut the decode seam index from 1.66 to 1.19 (benchmarks/README.md,
+# trained_seams.py); without attention it also makes the tiled passes exact
+DECODE_NORMS = {"auto": True, "window": False, "shared": True}
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,9 @@ def _back_project(options: DiffusionOptions, factor: int, model: str) -> bool:
 
 
 def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: tuple[int, ...],
-                  options: DiffusionOptions, local_first_stage: bool = False,
-                  back_project: bool = False) -> DiffusionSpec:
+                  options: DiffusionOptions, back_project: bool = False) -> DiffusionSpec:
     """The options with their defaults, checked; device and dtype resolved; the value range.
-    ``local_first_stage``: the first stage has no attention, so shared GroupNorm statistics make
-    its tiled passes exact (the ``--decode-norm auto`` choice); ``back_project``: the
+    ``back_project``: the
     super-resolution's choice (its own check, in ``diffusion_spec``)."""
     from .. import models
     from ..raster import parse_value_range, value_range
@@ -144,8 +145,6 @@ def sampling_spec(model_dir, weights: dict, latent_channels: int, info, bands: t
         raise BadParameter("--decode-norm", f"{options.decode_norm!r}: expected "
                            f"{', '.join(DECODE_NORMS)}")
     shared_norm = DECODE_NORMS[options.decode_norm or "auto"]
-    if shared_norm is None:
-        shared_norm = local_first_stage
     return DiffusionSpec(
         model_dir=str(model_dir.resolve()), weights=_weights_identity(weights.values()),
         dtype=dtype, value_range=limits, latent_channels=latent_channels, shared_norm=shared_norm,
