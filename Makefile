@@ -1,10 +1,11 @@
-# make demo: set up .venv and upscale the bundled Sentinel-2 sample with the bundled LDM; make test: set up and run the tests.
+# make demo: set up .venv and upscale the bundled Sentinel-2 sample with the bundled LDM;
+# make test: set up and run the tests; make lint: ruff's checks (CI runs them before the tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(STAMP)
 
@@ -30,6 +31,11 @@ demo: install
 	$(BIN)/python samples/side_by_side.py samples/sentinel2_rgb.tif $(DEMO)_bicubic_x4.tif \
 		$(DEMO)_x4.tif demo-output/side_by_side.png --window 150,210,96,96
 	$(BIN)/rio info --indent 1 $(DEMO)_x4.tif
+
+# ruff, configured in pyproject.toml: the linter, then the formatter's check
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install
 	$(BIN)/python -m pytest -q

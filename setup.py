@@ -3,7 +3,10 @@ from setuptools import find_packages, setup
 setup(
     name="ldm-tiler",
     version="0.1.0",
-    description="Latent Diffusion Model tasks (super-resolution, inpainting, synthesis) on rasters of any size",
+    description=(
+        "Latent Diffusion Model tasks (super-resolution, inpainting, synthesis) "
+        "on rasters of any size"
+    ),
     packages=find_packages(include=["tiler", "tiler.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -24,7 +27,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff>=0.6"],
         "dashboard": ["bokeh>=3.1"],
         "slurm": ["dask-jobqueue>=0.8"],
         "pbs": ["dask-jobqueue>=0.8"],

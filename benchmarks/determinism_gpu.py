@@ -23,13 +23,25 @@ from superres_gpu import build_model, make_input  # noqa: E402
 def run(model_dir, source, output, steps, batch_size, workers, device):
     import rasterio
 
-    from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
-    from tiler.upscale import plan_upscale, run_upscale
+    from tiler.execution.run import run_plan
+    from tiler.ldm.options import DiffusionOptions, RuntimeOptions
+    from tiler.tasks import plan_upscale
 
-    plan = plan_upscale(source, output, model=str(model_dir), region=128, halo=32, chunk=128,
-                        diffusion=DiffusionOptions(steps=steps, device=device))
-    run_upscale(plan, overwrite=True, workers=workers,
-                runtime=RuntimeOptions(device=device, batch_size=batch_size))
+    plan = plan_upscale(
+        source,
+        output,
+        model=str(model_dir),
+        region=128,
+        halo=32,
+        chunk=128,
+        diffusion=DiffusionOptions(steps=steps, device=device),
+    )
+    run_plan(
+        plan,
+        overwrite=True,
+        workers=workers,
+        runtime=RuntimeOptions(device=device, batch_size=batch_size),
+    )
     with rasterio.open(output) as src:
         return src.read().astype(np.int32)
 
@@ -49,11 +61,15 @@ def main():
         again = run(model_dir, source, work / "b.tif", args.steps, 1, 1, args.device)
         print(f"same settings twice: identical={np.array_equal(reference, again)}")
         for batch_size, workers in [(7, 1), (32, 2)]:
-            other = run(model_dir, source, work / "c.tif", args.steps, batch_size, workers, args.device)
+            other = run(
+                model_dir, source, work / "c.tif", args.steps, batch_size, workers, args.device
+            )
             diff = np.abs(other - reference)
-            print(f"batch {batch_size}, workers {workers} vs batch 1, workers 1: "
-                  f"identical={np.array_equal(other, reference)}, max |diff|={diff.max()} "
-                  f"(uint8 levels), mean={diff.mean():.4f}, px differing={np.mean(diff > 0):.4%}")
+            print(
+                f"batch {batch_size}, workers {workers} vs batch 1, workers 1: "
+                f"identical={np.array_equal(other, reference)}, max |diff|={diff.max()} "
+                f"(uint8 levels), mean={diff.mean():.4f}, px differing={np.mean(diff > 0):.4%}"
+            )
 
 
 if __name__ == "__main__":

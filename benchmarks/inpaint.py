@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""LDM inpainting throughput on the real CompVis architecture (benchmarks/configs/ldm-inpainting.json:
-UNet 387M parameters, VQ f=4 without attention) with random weights: the compute cost is the real one.
+"""LDM inpainting throughput on the real CompVis architecture
+(benchmarks/configs/ldm-inpainting.json:
+UNet 387M parameters, VQ f=4 without attention) with random weights: the compute cost is the real
+one.
 
     python benchmarks/inpaint.py --device cpu --size 256 --steps 2 --tile 32 --overlap 8 \\
         --region 64 --halo 8 --decode-tile 32 --decode-halo 8      # small CPU configuration
@@ -23,8 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from real_models import (build_model_dir, diffusion_options, grid_options, measurements, publish,  # noqa: E402
-                         task_arguments, timed_run)
+from real_models import (  # noqa: E402
+    build_model_dir,
+    diffusion_options,
+    grid_options,
+    measurements,
+    publish,
+    task_arguments,
+    timed_run,
+)
 
 UNET_GFLOP_128 = 1345.5  # per forward at a 128 x 128 latent, batch 1 (from the config's notes)
 
@@ -38,9 +47,18 @@ def make_mask(path: Path, size: int, fraction: float, hole: int = 24):
     area = np.zeros((size, size), dtype="uint8")
     for y in range(spacing // 2, size - hole, spacing):
         for x in range(spacing // 2, size - hole, spacing):
-            area[y:y + hole, x:x + hole] = 1
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8",
-                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4600000)) as dst:
+            area[y : y + hole, x : x + hole] = 1
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 500000, 0, -10, 4600000),
+    ) as dst:
         dst.write(area[None])
     return float(area.mean())
 
@@ -51,8 +69,9 @@ def main():
     args = parser.parse_args()
 
     from superres_gpu import make_input
-    from tiler.inpaint import plan_inpaint
-    from tiler.mask import MaskSpec
+
+    from tiler.raster.mask import MaskSpec
+    from tiler.tasks.inpaint import plan_inpaint
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -60,15 +79,27 @@ def main():
         source, mask = work / "input.tif", work / "mask.tif"
         make_input(source, args.size)
         fraction = make_mask(mask, args.size, args.mask_fraction)
-        plan = plan_inpaint(source, work / "out.tif", model=str(model), mask=MaskSpec("file", str(mask)),
-                            diffusion=diffusion_options(args), **grid_options(args))
+        plan = plan_inpaint(
+            source,
+            work / "out.tif",
+            model=str(model),
+            mask=MaskSpec("file", str(mask)),
+            diffusion=diffusion_options(args),
+            **grid_options(args),
+        )
         report, seconds = timed_run(plan, args)
-    total_mp = args.size ** 2 / 1e6
+    total_mp = args.size**2 / 1e6
     result = measurements(plan, args, report, seconds, plan.mask.tiles_touched, UNET_GFLOP_128)
-    publish(result | {"mask_fraction": fraction,
-                      "tiles_whole_grid": plan.tile_grid().computed_tile_count(),
-                      "total_mp_per_s": total_mp / seconds,
-                      "masked_mp_per_s": total_mp * fraction / seconds}, "inpaint")
+    publish(
+        result
+        | {
+            "mask_fraction": fraction,
+            "tiles_whole_grid": plan.tile_grid().computed_tile_count(),
+            "total_mp_per_s": total_mp / seconds,
+            "masked_mp_per_s": total_mp * fraction / seconds,
+        },
+        "inpaint",
+    )
 
 
 if __name__ == "__main__":

@@ -35,29 +35,48 @@ def build_model_dir(folder: Path, name: str, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from tiler.model_card import RESCALER, RESCALER_KEY, ModelCard, write_card
+    from tiler.ldm.card import RESCALER, RESCALER_KEY, ModelCard, write_card
 
     config = read_config(name)
     save_components(folder, config, seed)
     if "cond_stage" in config:  # semantic synthesis: one-hot labels -> rescaler -> 1x1 conv
         rescaler = config["cond_stage"]
-        conditioning = {"kind": "labels", "classes": rescaler["in_channels"],
-                        "out-channels": rescaler["out_channels"], "rescale-stages": rescaler["n_stages"],
-                        "multiplier": rescaler["multiplier"], "method": rescaler["method"]}
+        conditioning = {
+            "kind": "labels",
+            "classes": rescaler["in_channels"],
+            "out-channels": rescaler["out_channels"],
+            "rescale-stages": rescaler["n_stages"],
+            "multiplier": rescaler["multiplier"],
+            "method": rescaler["method"],
+        }
         (folder / RESCALER).parent.mkdir(exist_ok=True)
-        weight = torch.randn(rescaler["out_channels"], rescaler["in_channels"], 1, 1,
-                             generator=torch.Generator().manual_seed(seed))
+        weight = torch.randn(
+            rescaler["out_channels"],
+            rescaler["in_channels"],
+            1,
+            1,
+            generator=torch.Generator().manual_seed(seed),
+        )
         save_file({RESCALER_KEY: weight}, str(folder / RESCALER))
         task = "synthesis"
     else:
         conditioning, task = {"kind": "masked-image-and-mask"}, "inpaint"
-    write_card(folder, ModelCard.model_validate({
-        "task": task, "name": f"{name} (random weights)", "conditioning": conditioning,
-        "source": config["source"]}))
+    write_card(
+        folder,
+        ModelCard.model_validate(
+            {
+                "task": task,
+                "name": f"{name} (random weights)",
+                "conditioning": conditioning,
+                "source": config["source"],
+            }
+        ),
+    )
     return folder
 
 
-# --- what the task benchmarks (inpaint.py, synthesis.py) share -------------------------------------
+# --- what the task benchmarks (inpaint.py, synthesis.py) share
+# -------------------------------------
 PEAK_TFLOPS = {"cuda": 989.0}  # H100 SXM dense bf16
 
 
@@ -76,10 +95,14 @@ def task_arguments(description: str, size_help: str):
 
 
 def diffusion_options(args):
-    from tiler.tasks.superres import DiffusionOptions
+    from tiler.ldm.options import DiffusionOptions
 
-    return DiffusionOptions(steps=args.steps, device=args.device, decode_tile=args.decode_tile,
-                            decode_halo=args.decode_halo)
+    return DiffusionOptions(
+        steps=args.steps,
+        device=args.device,
+        decode_tile=args.decode_tile,
+        decode_halo=args.decode_halo,
+    )
 
 
 def grid_options(args) -> dict:
@@ -90,13 +113,16 @@ def timed_run(plan, args):
     """Run ``plan`` in this process; (report, seconds)."""
     import time
 
-    from tiler.cluster import ExecutionOptions
-    from tiler.tasks.superres import RuntimeOptions
-    from tiler.upscale import run_upscale
+    from tiler.execution.cluster import ExecutionOptions
+    from tiler.execution.run import run_plan
+    from tiler.ldm.options import RuntimeOptions
 
     started = time.perf_counter()
-    report = run_upscale(plan, runtime=RuntimeOptions(device=args.device, batch_size=args.batch_size),
-                         execution=ExecutionOptions(cluster="threads"))
+    report = run_plan(
+        plan,
+        runtime=RuntimeOptions(device=args.device, batch_size=args.batch_size),
+        execution=ExecutionOptions(cluster="threads"),
+    )
     return report, time.perf_counter() - started
 
 
@@ -107,10 +133,16 @@ def measurements(plan, args, report, seconds: float, tiles: int, gflop_128: floa
     stages = {stage.name: round(stage.seconds, 2) for stage in report.stages}
     unet_tflop = tiles * args.steps * gflop_128 * (plan.grid.tile / 128) ** 2 / 1e3
     peak = PEAK_TFLOPS.get(args.device.split(":")[0])
-    return {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-            "args": vars(args), "grid": dict(plan.grid), "seconds": round(seconds, 2),
-            "stages": stages, "tiles_computed": tiles, "unet_tflop": unet_tflop,
-            "unet_mfu_in_denoise": unet_tflop / stages["denoise"] / peak if peak else None}
+    return {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "args": vars(args),
+        "grid": dict(plan.grid),
+        "seconds": round(seconds, 2),
+        "stages": stages,
+        "tiles_computed": tiles,
+        "unet_tflop": unet_tflop,
+        "unet_mfu_in_denoise": unet_tflop / stages["denoise"] / peak if peak else None,
+    }
 
 
 def publish(result: dict, name: str):

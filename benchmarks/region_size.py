@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """What the region size costs, device-independent: UNet work, assembly work and parallel balance.
 
-    python benchmarks/region_size.py                                  # SR and inpaint/synthesis grids
+    python benchmarks/region_size.py                                  # SR and inpaint/synthesis
+    grids
     python benchmarks/region_size.py --sizes 5000 12500 --regions 1024 2048 --assemble-latent 2048
 
 For each raster size (latent px; LDM-SR: input px) and region size it prints:
@@ -36,7 +37,7 @@ GRIDS = {  # task family -> tile, overlap, halo, chunk (latent px): tiler's defa
 
 
 def overhead(size: int, tile: int, overlap: int, region: int, halo: int) -> float:
-    from tiler.grid import TileGrid
+    from tiler.geometry.grid import TileGrid
 
     grid = TileGrid(size, size, tile, overlap, region, halo)
     return grid.computed_tile_count() * tile * tile / (size * size)
@@ -46,26 +47,36 @@ def balance(regions: int, gpus: int = 8) -> float:
     return regions / (gpus * math.ceil(regions / gpus))
 
 
-def assemble_seconds(size: int, region: int, tile: int, overlap: int, halo: int, chunk: int) -> float:
+def assemble_seconds(
+    size: int, region: int, tile: int, overlap: int, halo: int, chunk: int
+) -> float:
     """Store random extents for every region, then time ``blend_regions`` over every chunk."""
     import zarr
 
-    from tiler import engine
-    from tiler.grid import TileGrid
-    from tiler.store import FAST_ZSTD, WRITE_EVERY_CHUNK
+    from tiler.geometry.grid import TileGrid
+    from tiler.workdir import arrays as engine
+    from tiler.workdir.store import FAST_ZSTD, WRITE_EVERY_CHUNK
 
     grid = TileGrid(size, size, tile, overlap, region, halo)
-    plan = types.SimpleNamespace(grid=types.SimpleNamespace(chunk=chunk, region=region, halo=halo),
-                                 tile_grid=lambda: grid)
+    plan = types.SimpleNamespace(
+        grid=types.SimpleNamespace(chunk=chunk, region=region, halo=halo), tile_grid=lambda: grid
+    )
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         group = zarr.open_group(str(Path(folder) / "w.zarr"), mode="w")
-        group.create_array("regions", compressors=FAST_ZSTD, config=WRITE_EVERY_CHUNK,
-                           **engine.regions_spec(plan, 3, 1)["regions"])
-        workdir = types.SimpleNamespace(array=lambda name: group[name], writing=contextlib.nullcontext)
+        group.create_array(
+            "regions",
+            compressors=FAST_ZSTD,
+            config=WRITE_EVERY_CHUNK,
+            **engine.regions_spec(plan, 3, 1)["regions"],
+        )
+        workdir = types.SimpleNamespace(
+            array=lambda name: group[name], writing=contextlib.nullcontext
+        )
         for r in grid.regions():
-            engine.write_extent(workdir, grid, r.index,
-                                rng.standard_normal((3, *r.extent.shape)).astype(np.float32))
+            engine.write_extent(
+                workdir, grid, r.index, rng.standard_normal((3, *r.extent.shape)).astype(np.float32)
+            )
         start = time.perf_counter()
         for index in np.ndindex(grid.chunk_shape(chunk)):
             engine.blend_regions(workdir, grid, grid.chunk_box(index, chunk), 1, 3)
@@ -74,11 +85,20 @@ def assemble_seconds(size: int, region: int, tile: int, overlap: int, halo: int,
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2500, 5000, 12500],
-                        help="raster sizes in latent px (square); 12500 = a 50,000 px LDM-SR output")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1024, 2500, 5000, 12500],
+        help="raster sizes in latent px (square); 12500 = a 50,000 px LDM-SR output",
+    )
     parser.add_argument("--regions", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--assemble-latent", type=int, default=2048,
-                        help="latent size for the assembly timing (0: skip)")
+    parser.add_argument(
+        "--assemble-latent",
+        type=int,
+        default=2048,
+        help="latent size for the assembly timing (0: skip)",
+    )
     args = parser.parse_args()
     for family, sizes in GRIDS.items():
         print(f"\n{family}: tile {sizes['tile']}, overlap {sizes['overlap']}, halo {sizes['halo']}")
@@ -93,7 +113,9 @@ def main():
             for region in args.regions:
                 seconds = assemble_seconds(n, region, **sizes)
                 chunks = math.ceil(n / sizes["chunk"]) ** 2
-                print(f"assemble {n}^2 latent, region {region}: {seconds:.2f} s for {chunks} chunks")
+                print(
+                    f"assemble {n}^2 latent, region {region}: {seconds:.2f} s for {chunks} chunks"
+                )
 
 
 if __name__ == "__main__":

@@ -36,15 +36,32 @@ def make_labels(path: Path, size: int, classes: int, patch: int = 37):
     cells = -(-size // patch)
     grid = rng.integers(0, classes, size=(cells, cells), dtype=np.uint8)
     labels = np.repeat(np.repeat(grid, patch, axis=0), patch, axis=1)[:size, :size]
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8",
-                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4600000)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 500000, 0, -10, 4600000),
+    ) as dst:
         dst.write(labels[None])
 
 
 def main():
-    from real_models import (build_model_dir, diffusion_options, grid_options, measurements, publish,
-                             task_arguments, timed_run)
-    from tiler.synthesize import plan_synthesize
+    from real_models import (
+        build_model_dir,
+        diffusion_options,
+        grid_options,
+        measurements,
+        publish,
+        task_arguments,
+        timed_run,
+    )
+
+    from tiler.tasks.synthesis import plan_synthesize
 
     args = task_arguments(__doc__.split("\n\n")[0], "label px (square)").parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,12 +69,18 @@ def main():
         model = build_model_dir(work / "model", "ldm-semantic-synthesis")
         labels = work / "labels.tif"
         make_labels(labels, args.size, classes=182)
-        plan = plan_synthesize(labels, work / "out.tif", model=str(model),
-                               diffusion=diffusion_options(args), **grid_options(args))
+        plan = plan_synthesize(
+            labels,
+            work / "out.tif",
+            model=str(model),
+            diffusion=diffusion_options(args),
+            **grid_options(args),
+        )
         report, seconds = timed_run(plan, args)
-    result = measurements(plan, args, report, seconds, plan.tile_grid().computed_tile_count(),
-                          UNET_GFLOP_128)
-    publish(result | {"output_mp_per_s": args.size ** 2 / 1e6 / seconds}, "synthesis")
+    result = measurements(
+        plan, args, report, seconds, plan.tile_grid().computed_tile_count(), UNET_GFLOP_128
+    )
+    publish(result | {"output_mp_per_s": args.size**2 / 1e6 / seconds}, "synthesis")
 
 
 if __name__ == "__main__":

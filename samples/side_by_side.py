@@ -21,8 +21,12 @@ LABEL_HEIGHT = 22
 
 def read(path: str, window: Window, scale: int) -> np.ndarray:
     with rasterio.open(path) as src:
-        big = Window(window.col_off * scale, window.row_off * scale, window.width * scale,
-                     window.height * scale)
+        big = Window(
+            window.col_off * scale,
+            window.row_off * scale,
+            window.width * scale,
+            window.height * scale,
+        )
         return src.read(window=big).astype(np.float64)[:3]
 
 
@@ -43,14 +47,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with rasterio.open(args.input) as src, rasterio.open(args.ldm) as ldm:
         scale = ldm.width // src.width
-        col, row, width, height = (int(v) for v in args.window.split(",")) if args.window else (
-            0, 0, src.width, src.height)
+        col, row, width, height = (
+            (int(v) for v in args.window.split(","))
+            if args.window
+            else (0, 0, src.width, src.height)
+        )
     window = Window(col, row, width, height)
     low_res = read(args.input, window, 1)
     nearest = np.repeat(np.repeat(low_res, scale, axis=1), scale, axis=2)
     low, high = np.percentile(low_res, (1, 99))
-    panels = [("input (nearest)", nearest), ("bicubic", read(args.bicubic, window, scale)),
-              ("LDM", read(args.ldm, window, scale))]
+    panels = [
+        ("input (nearest)", nearest),
+        ("bicubic", read(args.bicubic, window, scale)),
+        ("LDM", read(args.ldm, window, scale)),
+    ]
     tile_w, tile_h = width * scale, height * scale
     canvas = Image.new("RGB", (tile_w * 3 + 8, tile_h + LABEL_HEIGHT), "white")
     draw = ImageDraw.Draw(canvas)

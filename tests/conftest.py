@@ -30,7 +30,9 @@ def raster_content(width: int, height: int, count: int, dtype: str, seed: int = 
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     bands = []
     for band in range(count):
-        smooth = np.sin(xx / (7 + band) + band) + np.cos(yy / (5 + 2 * band)) + np.sin((xx + yy) / 13)
+        smooth = (
+            np.sin(xx / (7 + band) + band) + np.cos(yy / (5 + 2 * band)) + np.sin((xx + yy) / 13)
+        )
         bands.append(smooth / 3 + 0.3 * rng.standard_normal((height, width)))
     unit = (np.clip(np.stack(bands), -1.5, 1.5) + 1.5) / 3.0  # 0..1
     if np.issubdtype(np.dtype(dtype), np.integer):
@@ -40,14 +42,27 @@ def raster_content(width: int, height: int, count: int, dtype: str, seed: int = 
     return (unit * 1000.0 - 200.0).astype(dtype)
 
 
-def make_raster(path, width=40, height=30, count=3, dtype="uint8", nodata=None, crs="EPSG:32633",
-                transform=NORTH_UP, data=None, seed=0, **profile):
-    """Write a small GeoTIFF (crs=None and transform=None: no georeferencing) and return its path."""
+def make_raster(
+    path,
+    width=40,
+    height=30,
+    count=3,
+    dtype="uint8",
+    nodata=None,
+    crs="EPSG:32633",
+    transform=NORTH_UP,
+    data=None,
+    seed=0,
+    **profile,
+):
+    """Write a small GeoTIFF (crs=None and transform=None: no georeferencing) and return its
+    path."""
     if data is None:
         data = raster_content(width, height, count, dtype, seed)
     count, height, width = data.shape
-    options = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
-                   nodata=nodata)
+    options = dict(
+        driver="GTiff", width=width, height=height, count=count, dtype=data.dtype, nodata=nodata
+    )
     if crs is not None:
         options["crs"] = crs
     if transform is not None:
@@ -83,7 +98,9 @@ def raster(tmp_path):
 
 # --- the real CLI in a subprocess -----------------------------------------------------------------
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-PROGRESS_BAR = re.compile(r"^\w+:\s+\d+%\|")  # tqdm redraws these in place and clears them at the end
+PROGRESS_BAR = re.compile(
+    r"^\w+:\s+\d+%\|"
+)  # tqdm redraws these in place and clears them at the end
 
 
 def run_tiler(*args, preexec_fn=None, cwd=None) -> subprocess.CompletedProcess:
@@ -94,8 +111,9 @@ def run_tiler(*args, preexec_fn=None, cwd=None) -> subprocess.CompletedProcess:
     if args and args[0] in ("upscale", "plan") and "--model" not in args:
         args += ["--model", "bicubic"]
     command = [sys.executable, "-m", "tiler", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn,
-                          cwd=cwd)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn, cwd=cwd
+    )
 
 
 def shown_lines(stderr: str) -> list[str]:
@@ -115,18 +133,24 @@ def done_count(workdir: Path, stage: str) -> int:
     return sum(1 for path in chunks.rglob("*") if path.is_file() and ".partial" not in path.name)
 
 
-def kill_part_way(args, workdir: Path, log: Path, timeout: float = 120.0, stage: str = "process",
-                  after: int = 3):
+def kill_part_way(
+    args, workdir: Path, log: Path, timeout: float = 120.0, stage: str = "process", after: int = 3
+):
     """Start tiler, SIGKILL it once ``after`` units of ``stage`` are done; fail if it ends first."""
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "tiler", *map(str, args)],
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tiler", *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + timeout
     try:
         while done_count(workdir, stage) < after:
             if process.poll() is not None:
-                pytest.fail(f"tiler ended (exit {process.returncode}) before {after} {stage} units "
-                            f"were done; stderr:\n{log.read_text()}")
+                pytest.fail(
+                    f"tiler ended (exit {process.returncode}) before {after} {stage} units "
+                    f"were done; stderr:\n{log.read_text()}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"fewer than {after} {stage} units done after {timeout} s")
             time.sleep(0.002)
@@ -135,8 +159,10 @@ def kill_part_way(args, workdir: Path, log: Path, timeout: float = 120.0, stage:
         process.kill()
         process.wait()
     if process.returncode != -signal.SIGKILL:
-        pytest.fail(f"tiler finished (exit {process.returncode}) before the kill; make the input "
-                    "larger so that processing takes longer")
+        pytest.fail(
+            f"tiler finished (exit {process.returncode}) before the kill; make the input "
+            "larger so that processing takes longer"
+        )
 
 
 def assert_resumes_after_kill(command: str, src, args, tmp_path: Path, regions: int):
@@ -146,8 +172,9 @@ def assert_resumes_after_kill(command: str, src, args, tmp_path: Path, regions: 
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "out.tif"
     workdir = Path(f"{out}.tiler")
-    kill_part_way((command, src, out, "-q", *args), workdir, tmp_path / "killed.log",
-                  stage="denoise", after=2)
+    kill_part_way(
+        (command, src, out, "-q", *args), workdir, tmp_path / "killed.log", stage="denoise", after=2
+    )
     assert not out.exists()
     finished = done_count(workdir, "denoise")
     resumed = run_tiler(command, src, out, *args)

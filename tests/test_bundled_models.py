@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
-from rasterio.windows import Window
-
 from conftest import read_raster, run_tiler
+from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parent.parent
 SR_MODEL = REPO / "models" / "ldm-sr-sentinel2-4x"
@@ -22,8 +20,13 @@ TRAINED_RANGE = "300,2300"
 def crop(path: Path, out: Path, size: int, dtype=None) -> Path:
     with rasterio.open(path) as src:
         window = Window(200, 200, size, size)
-        profile = src.profile | {"width": size, "height": size, "blockxsize": 16, "blockysize": 16,
-                                 "transform": src.window_transform(window)}
+        profile = src.profile | {
+            "width": size,
+            "height": size,
+            "blockxsize": 16,
+            "blockysize": 16,
+            "transform": src.window_transform(window),
+        }
         data = src.read(window=window)
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(data)
@@ -33,8 +36,21 @@ def crop(path: Path, out: Path, size: int, dtype=None) -> Path:
 def test_bundled_sr_model_upscales_a_crop(tmp_path):
     small = crop(SAMPLE, tmp_path / "crop.tif", 32)
     out = tmp_path / "crop_x4.tif"
-    result = run_tiler("upscale", small, out, "--model", SR_MODEL, "--range", TRAINED_RANGE,
-                       "--sampler", "dpm++", "--steps", "4", "--back-project", "-q")
+    result = run_tiler(
+        "upscale",
+        small,
+        out,
+        "--model",
+        SR_MODEL,
+        "--range",
+        TRAINED_RANGE,
+        "--sampler",
+        "dpm++",
+        "--steps",
+        "4",
+        "--back-project",
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     (low, _), (high, profile) = read_raster(small), read_raster(out)
     assert high.shape == (3, 128, 128) and profile["crs"] is not None
@@ -53,8 +69,20 @@ def test_bundled_inpaint_model_fills_a_crop(tmp_path):
     with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
         dst.write(fill)
     out = tmp_path / "filled.tif"
-    result = run_tiler("inpaint", small, out, "--model", INPAINT_MODEL, "--mask", tmp_path / "mask.tif",
-                       "--range", TRAINED_RANGE, "--steps", "4", "-q")
+    result = run_tiler(
+        "inpaint",
+        small,
+        out,
+        "--model",
+        INPAINT_MODEL,
+        "--mask",
+        tmp_path / "mask.tif",
+        "--range",
+        TRAINED_RANGE,
+        "--steps",
+        "4",
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     before, after = read_raster(small)[0], read_raster(out)[0]
     keep = fill[0] == 0

@@ -9,11 +9,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_raster, read_raster, run_tiler
-from tiler import back_projection as bp
-from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
-from tiler.upscale import plan_upscale, run_upscale
+
+from tiler.execution.run import run_plan
+from tiler.geometry import back_projection as bp
+from tiler.ldm.options import DiffusionOptions, RuntimeOptions
+from tiler.tasks import plan_upscale
 
 F = 4
 
@@ -22,18 +23,24 @@ def random_case(height=40, width=36, bands=2, seed=0, nodata_fraction=0.0):
     """An image far from its input (errors of several units), the input and its validity."""
     rng = np.random.default_rng(seed)
     lowres = rng.uniform(0, 1, (bands, height, width))
-    image = np.repeat(np.repeat(lowres, F, 1), F, 2) + rng.normal(0, 3, (bands, height * F, width * F))
+    image = np.repeat(np.repeat(lowres, F, 1), F, 2) + rng.normal(
+        0, 3, (bands, height * F, width * F)
+    )
     valid = rng.random((bands, height, width)) >= nodata_fraction
     return image, lowres, valid
 
 
-# --- the maths -------------------------------------------------------------------------------------
+# --- the maths
+# -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("f", [2, 4, 8])
 def test_area_of_upsample_is_the_documented_low_res_convolution(f):
     rng = np.random.default_rng(f)
     lowres = rng.normal(size=(2, 9, 11))
-    np.testing.assert_allclose(bp.block_mean(bp.upsample(lowres, f), f),
-                               bp.convolve(lowres, bp.AREA_OF_UPSAMPLE), atol=1e-12)
+    np.testing.assert_allclose(
+        bp.block_mean(bp.upsample(lowres, f), f),
+        bp.convolve(lowres, bp.AREA_OF_UPSAMPLE),
+        atol=1e-12,
+    )
 
 
 def test_upsample_is_smooth_not_blocky():
@@ -61,8 +68,9 @@ def test_nodata_px_have_no_residual_and_pull_on_nothing():
     """Invalid px's input values never matter: any value there gives the same result."""
     image, lowres, valid = random_case(nodata_fraction=0.3, seed=1)
     other = np.where(valid, lowres, 1e6)
-    np.testing.assert_array_equal(bp.back_project(image, lowres, valid, F),
-                                  bp.back_project(image, other, valid, F))
+    np.testing.assert_array_equal(
+        bp.back_project(image, lowres, valid, F), bp.back_project(image, other, valid, F)
+    )
 
 
 def test_changing_an_input_px_farther_than_the_halo_changes_nothing():
@@ -88,20 +96,29 @@ def test_a_core_grown_by_the_halo_gets_the_whole_arrays_correction():
     y0, x0, side = 20, 18, 6
     box = (slice(None), *(slice(start - bp.HALO, start + side + bp.HALO) for start in (y0, x0)))
     core = bp.correction(residual[box], valid[box], F, margin=bp.HALO)
-    np.testing.assert_array_equal(core, whole[:, y0 * F:(y0 + side) * F, x0 * F:(x0 + side) * F])
+    np.testing.assert_array_equal(
+        core, whole[:, y0 * F : (y0 + side) * F, x0 * F : (x0 + side) * F]
+    )
 
 
-# --- LDM super-resolution ---------------------------------------------------------------------------
-# Several regions, tiles and decode tiles on a small raster; the back-projection halo (12 low-res px)
+# --- LDM super-resolution
+# ---------------------------------------------------------------------------
+# Several regions, tiles and decode tiles on a small raster; the back-projection halo (12 low-res
+# px)
 # reaches past its edges, so reflection is exercised on every side.
 GRID = dict(tile=16, overlap=4, region=24, halo=4)
 FAST = dict(steps=2, decode_tile=16, decode_halo=4, device="cpu")
 
 
 def upscale(src, dst, model, back_project=True, workers=1, **grid):
-    plan = plan_upscale(src, dst, model=str(model), **(GRID | grid),
-                        diffusion=DiffusionOptions(back_project=back_project, **FAST))
-    run_upscale(plan, workers=workers, runtime=RuntimeOptions(device="cpu"))
+    plan = plan_upscale(
+        src,
+        dst,
+        model=str(model),
+        **(GRID | grid),
+        diffusion=DiffusionOptions(back_project=back_project, **FAST),
+    )
+    run_plan(plan, workers=workers, runtime=RuntimeOptions(device="cpu"))
     return read_raster(dst)[0], plan
 
 
@@ -118,13 +135,15 @@ def test_output_block_means_equal_the_input_only_with_the_option(tmp_path, tiny_
     raw, _ = upscale(src, tmp_path / "off.tif", tiny_model, back_project=False)
     low, high = plan.diffusion.value_range
     on, off = (block_errors(out, lowres, valid).max() / (high - low) for out in (projected, raw))
-    print(f"largest block-mean error / value range: {on:.1e} with back-projection, {off:.2f} without")
+    print(
+        f"largest block-mean error / value range: {on:.1e} with back-projection, {off:.2f} without"
+    )
     assert off > 0.05  # random weights: the raw output is far from the input
     assert on < 1e-5
     # the correction is smooth: its steps across block edges are like those inside blocks
     steps = np.abs(np.diff(projected.astype(np.float64) - raw, axis=2))
     across = np.zeros(steps.shape[-1], dtype=bool)
-    across[F - 1::F] = True
+    across[F - 1 :: F] = True
     assert steps[..., across].mean() < 2 * steps[..., ~across].mean()  # measured: 1.25
 
 
@@ -139,7 +158,9 @@ def test_tiled_output_equals_the_whole(tmp_path, tiny_model):
 
 
 def test_nodata_stays_nodata_and_valid_blocks_still_match(tmp_path, tiny_model):
-    pixels = read_raster(make_raster(tmp_path / "data.tif", width=24, height=24, dtype="float32"))[0]
+    pixels = read_raster(make_raster(tmp_path / "data.tif", width=24, height=24, dtype="float32"))[
+        0
+    ]
     pixels[:, 6:10, 3:9] = -9999  # a hole inside
     pixels[:, 18:, 20:] = -9999  # a corner at the raster's edges
     src = make_raster(tmp_path / "in.tif", data=pixels, nodata=-9999)
@@ -152,17 +173,25 @@ def test_nodata_stays_nodata_and_valid_blocks_still_match(tmp_path, tiny_model):
 
 def test_the_option_is_in_the_plan_and_its_fingerprint(tmp_path, tiny_model):
     from tiler.errors import WorkdirError
-    from tiler.store import Workdir
-    from tiler.tasks.superres import array_specs, stages
+    from tiler.tasks import array_specs, stages
+    from tiler.workdir.store import Workdir
 
     src = make_raster(tmp_path / "in.tif", width=24, height=24)
-    result = run_tiler("plan", src, "--model", tiny_model, "--json", "--device", "cpu",
-                       "--back-project")
+    result = run_tiler(
+        "plan", src, "--model", tiny_model, "--json", "--device", "cpu", "--back-project"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["back_project"] is True
-    plans = {flag: plan_upscale(src, tmp_path / "out.tif", model=str(tiny_model), **GRID,
-                                diffusion=DiffusionOptions(back_project=flag, **FAST))
-             for flag in (None, False, True)}
+    plans = {
+        flag: plan_upscale(
+            src,
+            tmp_path / "out.tif",
+            model=str(tiny_model),
+            **GRID,
+            diffusion=DiffusionOptions(back_project=flag, **FAST),
+        )
+        for flag in (None, False, True)
+    }
     assert plans[None] == plans[bp.ENABLED_BY_DEFAULT]  # one constant decides the default
     assert plans[True].fingerprint != plans[False].fingerprint
     assert stages(plans[False]) == ("denoise", "assemble", "decoder_stats", "decode")
@@ -177,13 +206,17 @@ def test_workflow_upscale_steps_take_the_key_and_inpaint_steps_do_not(tmp_path, 
     from tiler.workflow.runner import plan_step
 
     src = make_raster(tmp_path / "in.tif", width=24, height=24)
-    step = (f"  - {{name: up, task: upscale, model: {tiny_model}, output: out.tif, device: cpu, "
-            "back-project: true}\n")
+    step = (
+        f"  - {{name: up, task: upscale, model: {tiny_model}, output: out.tif, device: cpu, "
+        "back-project: true}\n"
+    )
     workflow = tmp_path / "up.yaml"
     workflow.write_text(f"inputs: [in.tif]\nsteps:\n{step}")
     up = load_workflow(workflow)[0].steps[0]
     assert plan_step(up, src, tmp_path / "out.tif").diffusion.back_project
-    workflow.write_text("inputs: [in.tif]\nsteps:\n  - {name: fill, task: inpaint, model: m, "
-                        "mask-nodata: true, output: o.tif, back-project: true}\n")
+    workflow.write_text(
+        "inputs: [in.tif]\nsteps:\n  - {name: fill, task: inpaint, model: m, "
+        "mask-nodata: true, output: o.tif, back-project: true}\n"
+    )
     with pytest.raises(WorkflowError, match="back-project: unknown key"):
         load_workflow(workflow)

@@ -1,12 +1,17 @@
-"""``tiler convert``: tiny CompVis checkpoints -> tiler model folders, checked against the CompVis model.
+"""``tiler convert``: tiny CompVis checkpoints -> tiler model folders, checked against the CompVis
+model.
 
-The checkpoints are built here in CompVis' key layout, from literal CompVis names (no CompVis code is
+The checkpoints are built here in CompVis' key layout, from literal CompVis names (no CompVis code
+is
 a dependency): ``compvis_keys`` lists every (name, shape) of a LatentDiffusion state_dict, and
-``CompVisReference`` runs CompVis' forward passes (openaimodel.UNetModel, the taming Encoder/Decoder,
-VectorQuantizer2) on those names with torch.nn.functional. Both were checked against the real CompVis
+``CompVisReference`` runs CompVis' forward passes (openaimodel.UNetModel, the taming
+Encoder/Decoder,
+VectorQuantizer2) on those names with torch.nn.functional. Both were checked against the real
+CompVis
 modules (latent-diffusion, taming-transformers) with these configs: same key set and shapes (the
 recorded LAYOUT digests below), same outputs to float rounding. The converted diffusers modules must
-then reproduce the reference; a mapping bug cannot cancel out, as nothing here inverts the converter.
+then reproduce the reference; a mapping bug cannot cancel out, as nothing here inverts the
+converter.
 """
 
 from __future__ import annotations
@@ -25,34 +30,83 @@ import yaml
 from click.testing import CliRunner
 
 from tiler.cli.convert import convert_command
-from tiler.model_card import read_card
-from tiler.models import load_ldm_model
+from tiler.ldm.card import read_card
+from tiler.ldm.loading import load_ldm_model
 
 # --- tiny CompVis configs (config.yaml as CompVis writes it) ------------------------------------
-INPAINT_CONFIG = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
-    "linear_start": 0.0015, "linear_end": 0.0205, "timesteps": 1000, "first_stage_key": "image",
-    "cond_stage_key": "masked_image", "image_size": 16, "channels": 3, "concat_mode": True,
-    "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-        "image_size": 16, "in_channels": 7, "out_channels": 3, "model_channels": 32,
-        "attention_resolutions": [4, 2], "num_res_blocks": 1, "channel_mult": [1, 2, 3],
-        "num_heads": 2, "resblock_updown": True}},
-    "first_stage_config": {"target": "ldm.models.autoencoder.VQModelInterface", "params": {
-        "embed_dim": 3, "n_embed": 16, "ddconfig": {
-            "attn_type": "none", "double_z": False, "z_channels": 3, "resolution": 32,
-            "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
-            "attn_resolutions": [], "dropout": 0.0},
-        "lossconfig": {"target": "torch.nn.Identity"}}},
-    "cond_stage_config": "__is_first_stage__"}}}
+INPAINT_CONFIG = {
+    "model": {
+        "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+        "params": {
+            "linear_start": 0.0015,
+            "linear_end": 0.0205,
+            "timesteps": 1000,
+            "first_stage_key": "image",
+            "cond_stage_key": "masked_image",
+            "image_size": 16,
+            "channels": 3,
+            "concat_mode": True,
+            "unet_config": {
+                "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                "params": {
+                    "image_size": 16,
+                    "in_channels": 7,
+                    "out_channels": 3,
+                    "model_channels": 32,
+                    "attention_resolutions": [4, 2],
+                    "num_res_blocks": 1,
+                    "channel_mult": [1, 2, 3],
+                    "num_heads": 2,
+                    "resblock_updown": True,
+                },
+            },
+            "first_stage_config": {
+                "target": "ldm.models.autoencoder.VQModelInterface",
+                "params": {
+                    "embed_dim": 3,
+                    "n_embed": 16,
+                    "ddconfig": {
+                        "attn_type": "none",
+                        "double_z": False,
+                        "z_channels": 3,
+                        "resolution": 32,
+                        "in_channels": 3,
+                        "out_ch": 3,
+                        "ch": 32,
+                        "ch_mult": [1, 2],
+                        "num_res_blocks": 1,
+                        "attn_resolutions": [],
+                        "dropout": 0.0,
+                    },
+                    "lossconfig": {"target": "torch.nn.Identity"},
+                },
+            },
+            "cond_stage_config": "__is_first_stage__",
+        },
+    }
+}
 
 SYNTHESIS_CONFIG = copy.deepcopy(INPAINT_CONFIG)
 _params = SYNTHESIS_CONFIG["model"]["params"]
-_params.update(cond_stage_key="segmentation", cond_stage_trainable=True, cond_stage_config={
-    "target": "ldm.modules.encoders.modules.SpatialRescaler",
-    "params": {"n_stages": 1, "in_channels": 6, "out_channels": 3}})  # f = 2: one x0.5
+_params.update(
+    cond_stage_key="segmentation",
+    cond_stage_trainable=True,
+    cond_stage_config={
+        "target": "ldm.modules.encoders.modules.SpatialRescaler",
+        "params": {"n_stages": 1, "in_channels": 6, "out_channels": 3},
+    },
+)  # f = 2: one x0.5
 _params["unet_config"]["params"] = {
-    "image_size": 16, "in_channels": 6, "out_channels": 3, "model_channels": 32,
-    "attention_resolutions": [32, 16, 8], "num_res_blocks": 1, "channel_mult": [1, 2],
-    "num_head_channels": 32, "use_scale_shift_norm": True}
+    "image_size": 16,
+    "in_channels": 6,
+    "out_channels": 3,
+    "model_channels": 32,
+    "attention_resolutions": [32, 16, 8],
+    "num_res_blocks": 1,
+    "channel_mult": [1, 2],
+    "num_head_channels": 32,
+    "use_scale_shift_norm": True,
+}
 del _params["first_stage_config"]["params"]["ddconfig"]["attn_type"]  # vanilla: mid attention
 
 # The real CompVis LatentDiffusion built from these configs has exactly this state_dict layout:
@@ -62,10 +116,19 @@ LAYOUT = {
     "synthesis": (360, "73011ff8b00b258ed76988dcee2fb75afaeb3da7efb122ef4a66d58da7d5e6f6"),
 }
 SCHEDULE_BUFFERS = (
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-    "posterior_mean_coef1", "posterior_mean_coef2")
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
 
 
 def params_of(config) -> dict:
@@ -96,7 +159,7 @@ def unet_keys(p: dict) -> KeyList:
     shift = 2 if p.get("use_scale_shift_norm") else 1
     updown = p.get("resblock_updown", False)
     widths = [mc * m for m in p["channel_mult"]]
-    attention = [2 ** level in p["attention_resolutions"] for level in range(len(widths))]
+    attention = [2**level in p["attention_resolutions"] for level in range(len(widths))]
 
     def res(name, cin, cout):
         keys.norm(f"{name}.in_layers.0", cin)
@@ -211,7 +274,9 @@ def compvis_keys(config) -> dict[str, tuple]:
     first = first_stage_keys(params["first_stage_config"]["params"])
     keys = {f"model.diffusion_model.{k}": s for k, s in unet.items()}
     # LitEma: one buffer per UNet parameter, named without dots, plus its bookkeeping
-    keys.update({"model_ema." + f"diffusion_model.{k}".replace(".", ""): s for k, s in unet.items()})
+    keys.update(
+        {"model_ema." + f"diffusion_model.{k}".replace(".", ""): s for k, s in unet.items()}
+    )
     keys.update({"model_ema.decay": (), "model_ema.num_updates": ()})
     keys.update({f"first_stage_model.{k}": s for k, s in first.items()})
     if params["cond_stage_config"] == "__is_first_stage__":  # the same module, registered twice
@@ -219,7 +284,11 @@ def compvis_keys(config) -> dict[str, tuple]:
     else:
         rescaler = params["cond_stage_config"]["params"]
         keys["cond_stage_model.channel_mapper.weight"] = (
-            rescaler["out_channels"], rescaler["in_channels"], 1, 1)
+            rescaler["out_channels"],
+            rescaler["in_channels"],
+            1,
+            1,
+        )
     keys.update({name: (params["timesteps"],) for name in SCHEDULE_BUFFERS})
     return keys
 
@@ -247,10 +316,22 @@ def make_checkpoint(config, seed: int) -> dict:
     state["model_ema.decay"] = torch.tensor(0.9999)
     state["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
     if params["cond_stage_config"] == "__is_first_stage__":
-        state.update({"cond_stage_model." + k[len("first_stage_model."):]: v
-                      for k, v in state.items() if k.startswith("first_stage_model.")})
-    betas = np.linspace(params["linear_start"] ** 0.5, params["linear_end"] ** 0.5,
-                        params["timesteps"], dtype=np.float64) ** 2
+        state.update(
+            {
+                "cond_stage_model." + k[len("first_stage_model.") :]: v
+                for k, v in state.items()
+                if k.startswith("first_stage_model.")
+            }
+        )
+    betas = (
+        np.linspace(
+            params["linear_start"] ** 0.5,
+            params["linear_end"] ** 0.5,
+            params["timesteps"],
+            dtype=np.float64,
+        )
+        ** 2
+    )
     state["betas"] = torch.tensor(betas, dtype=torch.float32)
     return state
 
@@ -258,8 +339,11 @@ def make_checkpoint(config, seed: int) -> dict:
 def ema_weights(state) -> dict:
     """The UNet weights CompVis samples with (ema_scope): model_ema.* under UNet names."""
     prefix = "model.diffusion_model."
-    return {k: state["model_ema." + ("diffusion_model." + k[len(prefix):]).replace(".", "")]
-            for k in state if k.startswith(prefix)}
+    return {
+        k: state["model_ema." + ("diffusion_model." + k[len(prefix) :]).replace(".", "")]
+        for k in state
+        if k.startswith(prefix)
+    }
 
 
 # --- CompVis' forward passes on CompVis names ----------------------------------------------------
@@ -298,16 +382,24 @@ class CompVisReference:
         else:
             h = self.norm(h + e, f"{name}.out_layers.0", 1e-5)
         h = self.conv(F.silu(h), f"{name}.out_layers.3", padding=1)
-        skip = (self.conv(x, f"{name}.skip_connection") if f"{name}.skip_connection.weight" in self.sd
-                else x)
+        skip = (
+            self.conv(x, f"{name}.skip_connection")
+            if f"{name}.skip_connection.weight" in self.sd
+            else x
+        )
         return skip + h
 
     def attention_block(self, x, name):
         b, c, height, width = x.shape
-        heads = (c // self.unet["num_head_channels"] if self.unet.get("num_head_channels", -1) != -1
-                 else self.unet["num_heads"])
+        heads = (
+            c // self.unet["num_head_channels"]
+            if self.unet.get("num_head_channels", -1) != -1
+            else self.unet["num_heads"]
+        )
         t = x.reshape(b, c, -1)
-        normed = F.group_norm(t, 32, self.sd[f"{name}.norm.weight"], self.sd[f"{name}.norm.bias"], 1e-5)
+        normed = F.group_norm(
+            t, 32, self.sd[f"{name}.norm.weight"], self.sd[f"{name}.norm.bias"], 1e-5
+        )
         qkv = F.conv1d(normed, self.sd[f"{name}.qkv.weight"], self.sd[f"{name}.qkv.bias"])
         d = c // heads  # QKVAttentionLegacy: heads first, then q | k | v
         q, k, v = qkv.reshape(b * heads, 3 * d, -1).split(d, dim=1)
@@ -324,7 +416,7 @@ class CompVisReference:
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         emb = self.linear(F.silu(self.linear(emb, pre + "time_embed.0")), pre + "time_embed.2")
         levels = len(p["channel_mult"])
-        attention = [2 ** level in p["attention_resolutions"] for level in range(levels)]
+        attention = [2**level in p["attention_resolutions"] for level in range(levels)]
         updown = p.get("resblock_updown", False)
         h = self.conv(x, pre + "input_blocks.0.0", padding=1)
         skips, block = [h], 1
@@ -336,8 +428,11 @@ class CompVisReference:
                 skips.append(h)
                 block += 1
             if level < levels - 1:
-                h = (self.res_block(h, emb, f"{pre}input_blocks.{block}.0", "down") if updown
-                     else self.conv(h, f"{pre}input_blocks.{block}.0.op", stride=2, padding=1))
+                h = (
+                    self.res_block(h, emb, f"{pre}input_blocks.{block}.0", "down")
+                    if updown
+                    else self.conv(h, f"{pre}input_blocks.{block}.0.op", stride=2, padding=1)
+                )
                 skips.append(h)
                 block += 1
         h = self.res_block(h, emb, pre + "middle_block.0")
@@ -354,8 +449,13 @@ class CompVisReference:
                     index = 2
                 if level and i == p["num_res_blocks"]:
                     name = f"{pre}output_blocks.{block}.{index}"
-                    h = (self.res_block(h, emb, name, "up") if updown else
-                         self.conv(F.interpolate(h, scale_factor=2.0), name + ".conv", padding=1))
+                    h = (
+                        self.res_block(h, emb, name, "up")
+                        if updown
+                        else self.conv(
+                            F.interpolate(h, scale_factor=2.0), name + ".conv", padding=1
+                        )
+                    )
                 block += 1
         return self.conv(F.silu(self.norm(h, pre + "out.0", 1e-5)), pre + "out.2", padding=1)
 
@@ -363,14 +463,16 @@ class CompVisReference:
     def vq_res(self, x, name):
         h = self.conv(F.silu(self.norm(x, f"{name}.norm1", 1e-6)), f"{name}.conv1", padding=1)
         h = self.conv(F.silu(self.norm(h, f"{name}.norm2", 1e-6)), f"{name}.conv2", padding=1)
-        skip = self.conv(x, f"{name}.nin_shortcut") if f"{name}.nin_shortcut.weight" in self.sd else x
+        skip = (
+            self.conv(x, f"{name}.nin_shortcut") if f"{name}.nin_shortcut.weight" in self.sd else x
+        )
         return skip + h
 
     def vq_attention(self, x, name):
         b, c, height, width = x.shape
         h = self.norm(x, f"{name}.norm", 1e-6)
         q, k, v = (self.conv(h, f"{name}.{n}").reshape(b, c, -1) for n in ("q", "k", "v"))
-        weight = torch.softmax(torch.bmm(q.permute(0, 2, 1), k) * c ** -0.5, dim=2)
+        weight = torch.softmax(torch.bmm(q.permute(0, 2, 1), k) * c**-0.5, dim=2)
         h = torch.bmm(v, weight.permute(0, 2, 1)).reshape(b, c, height, width)
         return x + self.conv(h, f"{name}.proj_out")
 
@@ -405,8 +507,9 @@ class CompVisReference:
             for j in range(dd["num_res_blocks"] + 1):
                 h = self.vq_res(h, f"{d}.up.{level}.block.{j}")
             if level:
-                h = self.conv(F.interpolate(h, scale_factor=2.0), f"{d}.up.{level}.upsample.conv",
-                              padding=1)
+                h = self.conv(
+                    F.interpolate(h, scale_factor=2.0), f"{d}.up.{level}.upsample.conv", padding=1
+                )
         return self.conv(F.silu(self.norm(h, f"{d}.norm_out", 1e-6)), f"{d}.conv_out", padding=1)
 
 
@@ -446,7 +549,9 @@ def close(a, b, atol=1e-5):
 
 
 # --- the layout ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("task,config", [("inpaint", INPAINT_CONFIG), ("synthesis", SYNTHESIS_CONFIG)])
+@pytest.mark.parametrize(
+    "task,config", [("inpaint", INPAINT_CONFIG), ("synthesis", SYNTHESIS_CONFIG)]
+)
 def test_tiny_checkpoint_has_the_compvis_layout(task, config):
     keys = compvis_keys(config)
     assert (len(keys), layout_digest(keys)) == LAYOUT[task]
@@ -478,14 +583,25 @@ def test_inpainting_checkpoint_converts_to_the_same_model(checkpoints, tmp_path)
     assert result.output.strip() == f"tiler: converted {ckpt} (inpaint) into {tmp_path / 'out'}"
     card = read_card(tmp_path / "out")
     # a generic checkpoint name (model.ckpt, last.ckpt) names the model after its folder
-    assert (card.task, card.name, card.first_stage, card.scale) == ("inpaint", "inpaint", "vqvae", 1)
+    assert (card.task, card.name, card.first_stage, card.scale) == (
+        "inpaint",
+        "inpaint",
+        "vqvae",
+        1,
+    )
     assert card.conditioning.kind == "masked-image-and-mask" and "EMA" in card.source
     unet_config = yaml.safe_load((tmp_path / "out" / "unet" / "config.json").read_text())
     assert unet_config["_tiler_attention_heads"] == 2  # widths 64 and 96, 2 heads each
-    scheduler = yaml.safe_load((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())
-    assert (scheduler["beta_schedule"], scheduler["beta_start"], scheduler["beta_end"],
-            scheduler["steps_offset"], scheduler["set_alpha_to_one"]) == (
-        "scaled_linear", 0.0015, 0.0205, 1, False)
+    scheduler = yaml.safe_load(
+        (tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text()
+    )
+    assert (
+        scheduler["beta_schedule"],
+        scheduler["beta_start"],
+        scheduler["beta_end"],
+        scheduler["steps_offset"],
+        scheduler["set_alpha_to_one"],
+    ) == ("scaled_linear", 0.0015, 0.0205, 1, False)
     check_outputs(tmp_path / "out", config, state, ema_weights(state))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
 
@@ -499,11 +615,17 @@ def test_synthesis_checkpoint_converts_to_the_same_model(checkpoints, tmp_path):
     card = read_card(tmp_path / "out")
     assert card.task == "synthesis" and "trained weights" in card.source
     assert card.conditioning.model_dump(by_alias=True) == {
-        "kind": "labels", "classes": 6, "out-channels": 3, "rescale-stages": 1, "multiplier": 0.5,
-        "method": "bilinear"}
+        "kind": "labels",
+        "classes": 6,
+        "out-channels": 3,
+        "rescale-stages": 1,
+        "multiplier": 0.5,
+        "method": "bilinear",
+    }
     rescaler = load_file(str(tmp_path / "out" / "cond_stage" / "label_rescaler.safetensors"))
-    assert torch.equal(rescaler["channel_mapper.weight"],
-                       state["cond_stage_model.channel_mapper.weight"])
+    assert torch.equal(
+        rescaler["channel_mapper.weight"], state["cond_stage_model.channel_mapper.weight"]
+    )
     check_outputs(tmp_path / "out", config, state, unet_weights=None)  # --no-ema: trained weights
 
 
@@ -531,7 +653,8 @@ def test_a_checkpoint_needing_arbitrary_unpickling_is_refused(checkpoints, tmp_p
 
 
 def test_the_lightning_callback_class_of_real_checkpoints_is_read_as_a_placeholder(
-        checkpoints, tmp_path, monkeypatch):
+    checkpoints, tmp_path, monkeypatch
+):
     _, config, state = checkpoints["synthesis"]
     module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
 
@@ -544,8 +667,12 @@ def test_the_lightning_callback_class_of_real_checkpoints_is_read_as_a_placehold
     for name in packages:  # importable while pickling, gone when converting
         stand_in = module if name == module.__name__ else types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, stand_in)
-    ckpt = write_checkpoint(tmp_path / "pl", config, state,
-                            callbacks={ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}})
+    ckpt = write_checkpoint(
+        tmp_path / "pl",
+        config,
+        state,
+        callbacks={ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}},
+    )
     for name in packages:
         monkeypatch.delitem(sys.modules, name)
     result = convert(ckpt, tmp_path / "out", "-q")
@@ -579,10 +706,13 @@ def altered(checkpoints, tmp_path, task="inpaint", drop=(), add=None, config_cha
     return write_checkpoint(tmp_path / "altered", config, state)
 
 
-@pytest.mark.parametrize("drop,named", [
-    ("first_stage_model.decoder.up.1.block.0.conv1.weight", "missing key(s) {}"),
-    ("model_ema.diffusion_modelinput_blocks31qkvweight", "model_ema.*: missing {}"),
-])
+@pytest.mark.parametrize(
+    "drop,named",
+    [
+        ("first_stage_model.decoder.up.1.block.0.conv1.weight", "missing key(s) {}"),
+        ("model_ema.diffusion_modelinput_blocks31qkvweight", "model_ema.*: missing {}"),
+    ],
+)
 def test_a_missing_key_is_named(checkpoints, tmp_path, drop, named):
     named = named.format(drop)
     ckpt = altered(checkpoints, tmp_path, drop=[drop])
@@ -598,11 +728,14 @@ def test_a_missing_unet_key_is_named_with_no_ema(checkpoints, tmp_path):
     assert f"missing key(s) {key}" in line
 
 
-@pytest.mark.parametrize("key", [
-    "model.diffusion_model.input_blocks.1.0.extra.weight",
-    "first_stage_model.encoder.down.0.attn.0.q.weight",
-    "training_state",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "model.diffusion_model.input_blocks.1.0.extra.weight",
+        "first_stage_model.encoder.down.0.attn.0.q.weight",
+        "training_state",
+    ],
+)
 def test_an_unexpected_key_is_named(checkpoints, tmp_path, key):
     ckpt = altered(checkpoints, tmp_path, add={key: torch.zeros(2)}, task="synthesis")
     line = error_line(convert(ckpt, tmp_path / "out", "--no-ema"))
@@ -616,17 +749,29 @@ def test_a_wrong_shape_is_named(checkpoints, tmp_path):
     assert f"{key}: shape (8, 3) does not fit quantize.embedding.weight (16, 3)" in line
 
 
-@pytest.mark.parametrize("change,named", [
-    (lambda p: p.update(cond_stage_key="caption"),
-     "model.params.cond_stage_key: 'caption'; expected masked_image"),
-    (lambda p: p.update(linear_end=0.012), "betas (1000 steps"),
-    (lambda p: p["unet_config"]["params"].update(use_spatial_transformer=True),
-     "model.params.unet_config.params.use_spatial_transformer: True; expected false"),
-    (lambda p: p["first_stage_config"]["params"].update(embed_dim=4),
-     "model.params.first_stage_config.params.embed_dim: 4; expected 3"),
-    (lambda p: p["first_stage_config"].update(target="ldm.models.autoencoder.AutoencoderKL"),
-     "model.params.first_stage_config.target: 'ldm.models.autoencoder.AutoencoderKL'; expected"),
-])
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (
+            lambda p: p.update(cond_stage_key="caption"),
+            "model.params.cond_stage_key: 'caption'; expected masked_image",
+        ),
+        (lambda p: p.update(linear_end=0.012), "betas (1000 steps"),
+        (
+            lambda p: p["unet_config"]["params"].update(use_spatial_transformer=True),
+            "model.params.unet_config.params.use_spatial_transformer: True; expected false",
+        ),
+        (
+            lambda p: p["first_stage_config"]["params"].update(embed_dim=4),
+            "model.params.first_stage_config.params.embed_dim: 4; expected 3",
+        ),
+        (
+            lambda p: p["first_stage_config"].update(target="ldm.models.autoencoder.AutoencoderKL"),
+            "model.params.first_stage_config.target: "
+            "'ldm.models.autoencoder.AutoencoderKL'; expected",
+        ),
+    ],
+)
 def test_an_unsupported_config_is_named(checkpoints, tmp_path, change, named):
     ckpt = altered(checkpoints, tmp_path, config_change=change)
     line = error_line(convert(ckpt, tmp_path / "out"))
@@ -643,24 +788,52 @@ def test_converted_models_run_in_tiler(checkpoints, tmp_path):
     """The converted folders are what `tiler inpaint` and `tiler synthesize` take."""
     from conftest import make_raster, read_raster, run_tiler
 
-    grid = ("--tile", "8", "--overlap", "2", "--region", "8", "--halo", "2", "--steps", "2",
-            "--decode-tile", "8", "--decode-halo", "4", "--device", "cpu")
+    grid = (
+        "--tile",
+        "8",
+        "--overlap",
+        "2",
+        "--region",
+        "8",
+        "--halo",
+        "2",
+        "--steps",
+        "2",
+        "--decode-tile",
+        "8",
+        "--decode-halo",
+        "4",
+        "--device",
+        "cpu",
+    )
     for task in ("inpaint", "synthesis"):
         assert convert(checkpoints[task][0], tmp_path / task).exit_code == 0
     image = make_raster(tmp_path / "image.tif", width=40, height=36)
     mask = np.zeros((1, 36, 40), dtype="uint8")
     mask[0, 10:20, 12:30] = 1
     make_raster(tmp_path / "mask.tif", data=mask)
-    filled = run_tiler("inpaint", image, tmp_path / "filled.tif", "--model", tmp_path / "inpaint",
-                       "--mask", tmp_path / "mask.tif", *grid)
+    filled = run_tiler(
+        "inpaint",
+        image,
+        tmp_path / "filled.tif",
+        "--model",
+        tmp_path / "inpaint",
+        "--mask",
+        tmp_path / "mask.tif",
+        *grid,
+    )
     assert filled.returncode == 0, filled.stderr
     keep = mask[0] == 0
-    np.testing.assert_array_equal(read_raster(tmp_path / "filled.tif")[0][:, keep],
-                                  read_raster(image)[0][:, keep])
-    labels = make_raster(tmp_path / "labels.tif", data=(np.arange(36 * 40).reshape(1, 36, 40) // 97 % 6)
-                         .astype("uint8"))
-    synthesized = run_tiler("synthesize", labels, tmp_path / "synth.tif", "--model",
-                            tmp_path / "synthesis", *grid)
+    np.testing.assert_array_equal(
+        read_raster(tmp_path / "filled.tif")[0][:, keep], read_raster(image)[0][:, keep]
+    )
+    labels = make_raster(
+        tmp_path / "labels.tif",
+        data=(np.arange(36 * 40).reshape(1, 36, 40) // 97 % 6).astype("uint8"),
+    )
+    synthesized = run_tiler(
+        "synthesize", labels, tmp_path / "synth.tif", "--model", tmp_path / "synthesis", *grid
+    )
     assert synthesized.returncode == 0, synthesized.stderr
     assert read_raster(tmp_path / "synth.tif")[0].shape == (3, 36, 40)
 

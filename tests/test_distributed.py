@@ -16,17 +16,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_raster, read_raster, run_tiler
 from test_errors import assert_no_output, assert_one_error
-from tiler.cluster import ExecutionOptions
+
 from tiler.errors import BadParameter, TilerError
-from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
-from tiler.upscale import plan_upscale, run_upscale
+from tiler.execution.cluster import ExecutionOptions
+from tiler.execution.run import run_plan
+from tiler.ldm.options import DiffusionOptions, RuntimeOptions
+from tiler.tasks import plan_upscale
 
 GRID = dict(tile=16, overlap=4, region=24, halo=4)
-CLI_GRID = ("--tile", "16", "--overlap", "4", "--region", "24", "--halo", "4", "--steps", "3",
-            "--decode-tile", "16", "--decode-halo", "4", "--device", "cpu")
+CLI_GRID = (
+    "--tile",
+    "16",
+    "--overlap",
+    "4",
+    "--region",
+    "24",
+    "--halo",
+    "4",
+    "--steps",
+    "3",
+    "--decode-tile",
+    "16",
+    "--decode-halo",
+    "4",
+    "--device",
+    "cpu",
+)
 DASK = Path(sys.executable).with_name("dask")
 
 
@@ -35,24 +52,48 @@ def cluster():
     """Two one-thread worker processes (spawned, under nannies that restart them)."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as cluster:
         yield cluster
 
 
 def in_process(src, dst, model, steps=3):
     """The reference: the same plan run by threads in this process."""
-    plan = plan_upscale(src, dst, model=str(model), diffusion=DiffusionOptions(
-        steps=steps, decode_tile=16, decode_halo=4), **GRID)
-    run_upscale(plan, runtime=RuntimeOptions(device="cpu"),
-                execution=ExecutionOptions(cluster="threads", workers=2))
+    plan = plan_upscale(
+        src,
+        dst,
+        model=str(model),
+        diffusion=DiffusionOptions(steps=steps, decode_tile=16, decode_halo=4),
+        **GRID,
+    )
+    run_plan(
+        plan,
+        runtime=RuntimeOptions(device="cpu"),
+        execution=ExecutionOptions(cluster="threads", workers=2),
+    )
     return read_raster(dst)[0]
 
 
 def test_local_cluster_gives_the_in_process_output(tmp_path, tiny_model):
     src = make_raster(tmp_path / "in.tif", width=48, height=40, dtype="uint16")
-    result = run_tiler("upscale", src, tmp_path / "dask.tif", "--model", tiny_model, *CLI_GRID,
-                       "--cluster", "local", "--workers", "2")
+    result = run_tiler(
+        "upscale",
+        src,
+        tmp_path / "dask.tif",
+        "--model",
+        tiny_model,
+        *CLI_GRID,
+        "--cluster",
+        "local",
+        "--workers",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     expected = in_process(src, tmp_path / "threads.tif", tiny_model)
@@ -67,11 +108,17 @@ def test_worker_killed_while_holding_work(tmp_path, tiny_model, cluster):
 
     src = make_raster(tmp_path / "in.tif", width=72, height=72, dtype="uint8")
     out = tmp_path / "out.tif"
-    plan = plan_upscale(src, out, model=str(tiny_model), diffusion=DiffusionOptions(
-        steps=8, decode_tile=16, decode_halo=4), **GRID)
+    plan = plan_upscale(
+        src,
+        out,
+        model=str(tiny_model),
+        diffusion=DiffusionOptions(steps=8, decode_tile=16, decode_halo=4),
+        **GRID,
+    )
     execution = ExecutionOptions(scheduler=cluster.scheduler_address)
-    run = threading.Thread(target=lambda: run_upscale(plan, runtime=RuntimeOptions(device="cpu"),
-                                                      execution=execution))
+    run = threading.Thread(
+        target=lambda: run_plan(plan, runtime=RuntimeOptions(device="cpu"), execution=execution)
+    )
     with Client(cluster) as client:
         pids_before = client.run(os.getpid)
         run.start()
@@ -82,8 +129,9 @@ def test_worker_killed_while_holding_work(tmp_path, tiny_model, cluster):
         assert out.exists(), "the run failed after a worker was killed"
         pids_after = client.run(os.getpid)
     assert pids_before[victim] not in pids_after.values()  # the killed process is gone
-    np.testing.assert_array_equal(read_raster(out)[0],
-                                  in_process(src, tmp_path / "reference.tif", tiny_model, steps=8))
+    np.testing.assert_array_equal(
+        read_raster(out)[0], in_process(src, tmp_path / "reference.tif", tiny_model, steps=8)
+    )
 
 
 def wait_for_a_worker_running(client, key_prefix: str, timeout: float) -> str:
@@ -109,11 +157,24 @@ def separate_scheduler_and_worker(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     logs = tmp_path / "dask.log"
     with open(logs, "w") as log:
-        scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
-                                      address.rsplit(":", 1)[1], "--no-dashboard"],
-                                     stdout=log, stderr=log)
-        worker = subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                   "--no-dashboard"], stdout=log, stderr=log)
+        scheduler = subprocess.Popen(
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                address.rsplit(":", 1)[1],
+                "--no-dashboard",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        worker = subprocess.Popen(
+            [DASK, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
+            stdout=log,
+            stderr=log,
+        )
     try:
         yield address
     finally:
@@ -127,11 +188,20 @@ def separate_scheduler_and_worker(tmp_path):
 
 def test_joins_a_running_scheduler(tmp_path, tiny_model, separate_scheduler_and_worker):
     src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint8")
-    result = run_tiler("upscale", src, tmp_path / "dask.tif", "--model", tiny_model, *CLI_GRID,
-                       "--scheduler", separate_scheduler_and_worker)
+    result = run_tiler(
+        "upscale",
+        src,
+        tmp_path / "dask.tif",
+        "--model",
+        tiny_model,
+        *CLI_GRID,
+        "--scheduler",
+        separate_scheduler_and_worker,
+    )
     assert result.returncode == 0, result.stderr
-    np.testing.assert_array_equal(read_raster(tmp_path / "dask.tif")[0],
-                                  in_process(src, tmp_path / "threads.tif", tiny_model))
+    np.testing.assert_array_equal(
+        read_raster(tmp_path / "dask.tif")[0], in_process(src, tmp_path / "threads.tif", tiny_model)
+    )
 
 
 def test_unit_failing_every_time_stops_the_run_naming_it(tmp_path, cluster):
@@ -143,7 +213,7 @@ def test_unit_failing_every_time_stops_the_run_naming_it(tmp_path, cluster):
     src.write_bytes(b"not a raster any more")
     started = time.monotonic()
     with pytest.raises(TilerError) as raised:
-        run_upscale(plan, execution=ExecutionOptions(scheduler=cluster.scheduler_address, retries=1))
+        run_plan(plan, execution=ExecutionOptions(scheduler=cluster.scheduler_address, retries=1))
     message = str(raised.value)
     assert message.startswith("process of region (") and "failed: " in message
     assert str(src) in message and "not a raster" in message.lower(), message
@@ -176,19 +246,21 @@ def test_missing_cluster_extra_names_the_package(tmp_path, monkeypatch):
     src = make_raster(tmp_path / "in.tif")
     plan = plan_upscale(src, tmp_path / "out.tif", model="bicubic")
     with pytest.raises(BadParameter) as raised:
-        run_upscale(plan, execution=ExecutionOptions(cluster="slurm"))
+        run_plan(plan, execution=ExecutionOptions(cluster="slurm"))
     assert "dask-jobqueue" in str(raised.value) and "ldm-tiler[slurm]" in str(raised.value)
 
 
 def test_inpaint_and_synthesis_on_a_cluster_give_the_in_process_output(tmp_path, cluster):
     """The model-directory tasks on worker processes, their one-unit statistics stages included
     (the inpainting first stage shares its GroupNorm statistics through the workdir)."""
-    from test_inpaint import GRID as SMALL_GRID, mask_file
+    from test_inpaint import GRID as SMALL_GRID
+    from test_inpaint import mask_file
     from test_synthesize import land_cover
-    from tiler.inpaint import plan_inpaint
-    from tiler.mask import MaskSpec
-    from tiler.synthesize import plan_synthesize
     from tiny_models import save_tiny_inpaint_model, save_tiny_synthesis_model
+
+    from tiler.raster.mask import MaskSpec
+    from tiler.tasks.inpaint import plan_inpaint
+    from tiler.tasks.synthesis import plan_synthesize
 
     options = DiffusionOptions(steps=2, decode_tile=8, decode_halo=2, device="cpu")
     src = make_raster(tmp_path / "in.tif", width=40, height=36)
@@ -197,30 +269,47 @@ def test_inpaint_and_synthesis_on_a_cluster_give_the_in_process_output(tmp_path,
     inpaint_model = save_tiny_inpaint_model(tmp_path / "inpaint")
     synthesis_model = save_tiny_synthesis_model(tmp_path / "synthesis", classes=4)
     plans = {
-        "inpaint": lambda out: plan_inpaint(src, out, model=str(inpaint_model), diffusion=options,
-                                            mask=MaskSpec("file", str(mask)), **SMALL_GRID),
-        "synthesize": lambda out: plan_synthesize(labels, out, model=str(synthesis_model),
-                                                  diffusion=options, **SMALL_GRID),
+        "inpaint": lambda out: plan_inpaint(
+            src,
+            out,
+            model=str(inpaint_model),
+            diffusion=options,
+            mask=MaskSpec("file", str(mask)),
+            **SMALL_GRID,
+        ),
+        "synthesize": lambda out: plan_synthesize(
+            labels, out, model=str(synthesis_model), diffusion=options, **SMALL_GRID
+        ),
     }
     for task, plan_for in plans.items():
         outputs = []
         for where in ("threads", "dask"):
             out = tmp_path / f"{task}-{where}.tif"
-            execution = (ExecutionOptions(cluster="threads", workers=2) if where == "threads"
-                         else ExecutionOptions(scheduler=cluster.scheduler_address))
-            report = run_upscale(plan_for(out), runtime=RuntimeOptions(device="cpu"), execution=execution)
+            execution = (
+                ExecutionOptions(cluster="threads", workers=2)
+                if where == "threads"
+                else ExecutionOptions(scheduler=cluster.scheduler_address)
+            )
+            report = run_plan(
+                plan_for(out), runtime=RuntimeOptions(device="cpu"), execution=execution
+            )
             outputs.append(read_raster(out)[0])
         np.testing.assert_array_equal(outputs[0], outputs[1])
-    assert [stage.name for stage in report.stages][:2] == ["denoise", "assemble"]  # synthesis: no encoder
+    assert [stage.name for stage in report.stages][:2] == [
+        "denoise",
+        "assemble",
+    ]  # synthesis: no encoder
 
 
-def test_workers_keep_one_model_across_runs_and_drop_each_runs_plugin(tmp_path, tiny_model, cluster):
+def test_workers_keep_one_model_across_runs_and_drop_each_runs_plugin(
+    tmp_path, tiny_model, cluster
+):
     """A workflow's files reach the workers as one plan after the other: each worker loads the
     model once for all of them, and no run leaves its model plugin (and its model) behind."""
     from distributed import Client
 
     def loads():
-        from tiler.tasks.superres import _loaded_runner
+        from tiler.ldm.runner import _loaded_runner
 
         return _loaded_runner.cache_info().misses
 
@@ -232,10 +321,14 @@ def test_workers_keep_one_model_across_runs_and_drop_each_runs_plugin(tmp_path, 
         counts = []
         for number in range(2):
             src = make_raster(tmp_path / f"in{number}.tif", width=40, height=32, seed=number)
-            plan = plan_upscale(src, tmp_path / f"out{number}.tif", model=str(tiny_model),
-                                diffusion=DiffusionOptions(steps=2, decode_tile=16, decode_halo=4),
-                                **GRID)
-            run_upscale(plan, runtime=RuntimeOptions(device="cpu"), execution=execution)
+            plan = plan_upscale(
+                src,
+                tmp_path / f"out{number}.tif",
+                model=str(tiny_model),
+                diffusion=DiffusionOptions(steps=2, decode_tile=16, decode_halo=4),
+                **GRID,
+            )
+            run_plan(plan, runtime=RuntimeOptions(device="cpu"), execution=execution)
             counts.append(client.run(loads))
             assert all(not names for names in client.run(plugins).values())
     assert counts[1] == counts[0]  # the second plan's plugin found the model loaded

@@ -4,23 +4,29 @@ model applied to the whole raster at once."""
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import NORTH_UP, ROTATED, make_raster, raster_content, read_raster
-from tiler.upscale import plan_upscale, run_upscale
+
+from tiler.execution.run import run_plan
+from tiler.tasks import plan_upscale
 
 
 def upscale(src, dst, **options):
-    run_options = {k: options.pop(k) for k in ("workers", "keep_workdir", "overwrite") if k in options}
+    run_options = {
+        k: options.pop(k) for k in ("workers", "keep_workdir", "overwrite") if k in options
+    }
     plan = plan_upscale(src, dst, **options)
-    run_upscale(plan, **run_options)
+    run_plan(plan, **run_options)
     return read_raster(dst)
 
 
 # --- whole-raster references, written independently of tiler's resampler -----------------------
 def keys_cubic(x, a=-0.5):
     x = np.abs(x)
-    return np.where(x <= 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
-                    np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0.0))
+    return np.where(
+        x <= 1,
+        (a + 2) * x**3 - (a + 3) * x**2 + 1,
+        np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0.0),
+    )
 
 
 def lanczos3(x):
@@ -28,10 +34,14 @@ def lanczos3(x):
 
 
 def resample_axis(image, axis, scale, kernel, support):
-    """1-D resampling of a reflect-padded axis by direct convolution (taps gathered per output px)."""
+    """1-D resampling of a reflect-padded axis by direct convolution (taps gathered per output
+    px)."""
     n = image.shape[axis]
-    padded = np.pad(image, [(support, support) if a == axis else (0, 0) for a in range(image.ndim)],
-                    mode="reflect")
+    padded = np.pad(
+        image,
+        [(support, support) if a == axis else (0, 0) for a in range(image.ndim)],
+        mode="reflect",
+    )
     centres = (np.arange(n * scale) + 0.5) / scale - 0.5
     first = np.floor(centres).astype(int) - support + 1
     taps = first[:, None] + np.arange(2 * support)[None, :]
@@ -64,7 +74,9 @@ GEOMETRIES = [
 SHAPES = [(37, 53), (32, 48), (5, 3), (1, 1)]
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "t{tile}o{overlap}r{region}h{halo}".format(**g))
+@pytest.mark.parametrize(
+    "geometry", GEOMETRIES, ids=lambda g: "t{tile}o{overlap}r{region}h{halo}".format(**g)
+)
 @pytest.mark.parametrize("height,width", SHAPES)
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_nearest_is_bit_exact(tmp_path, geometry, height, width, dtype):
@@ -74,7 +86,9 @@ def test_nearest_is_bit_exact(tmp_path, geometry, height, width, dtype):
     np.testing.assert_array_equal(out, whole_raster(data, 3, "nearest"))
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "t{tile}o{overlap}r{region}h{halo}".format(**g))
+@pytest.mark.parametrize(
+    "geometry", GEOMETRIES, ids=lambda g: "t{tile}o{overlap}r{region}h{halo}".format(**g)
+)
 @pytest.mark.parametrize("height,width", [(37, 53), (5, 3)])
 @pytest.mark.parametrize("model", ["bicubic", "lanczos"])
 def test_kernels_equal_the_whole_raster_result(tmp_path, geometry, height, width, model):
@@ -90,8 +104,9 @@ def test_integer_output_is_rounded_and_clipped_to_the_dtype(tmp_path):
     data = np.zeros((1, 12, 12), dtype="uint8")
     data[:, :, 6:] = 255  # a step edge rings past 0 and 255 under bicubic
     src = make_raster(tmp_path / "in.tif", data=data)
-    out, profile = upscale(src, tmp_path / "out.tif", model="bicubic", scale=4, tile=5, overlap=2,
-                           region=6)
+    out, profile = upscale(
+        src, tmp_path / "out.tif", model="bicubic", scale=4, tile=5, overlap=2, region=6
+    )
     reference = whole_raster(data, 4, "bicubic")
     assert reference.min() < 0 and reference.max() > 255
     assert profile["dtype"] == "uint8"
@@ -100,8 +115,12 @@ def test_integer_output_is_rounded_and_clipped_to_the_dtype(tmp_path):
 
 def test_result_does_not_depend_on_worker_count(tmp_path):
     src = make_raster(tmp_path / "in.tif", width=70, height=45, dtype="uint16")
-    one, _ = upscale(src, tmp_path / "one.tif", model="bicubic", region=16, tile=16, overlap=4, workers=1)
-    two, _ = upscale(src, tmp_path / "two.tif", model="bicubic", region=16, tile=16, overlap=4, workers=2)
+    one, _ = upscale(
+        src, tmp_path / "one.tif", model="bicubic", region=16, tile=16, overlap=4, workers=1
+    )
+    two, _ = upscale(
+        src, tmp_path / "two.tif", model="bicubic", region=16, tile=16, overlap=4, workers=2
+    )
     np.testing.assert_array_equal(one, two)
 
 
@@ -110,8 +129,16 @@ def test_result_does_not_depend_on_worker_count(tmp_path):
 @pytest.mark.parametrize("count", [1, 3, 4])
 @pytest.mark.parametrize("transform", [NORTH_UP, ROTATED], ids=["north-up", "rotated"])
 def test_georeferencing_and_dtype_are_kept(tmp_path, dtype, count, transform):
-    src = make_raster(tmp_path / "in.tif", width=21, height=17, count=count, dtype=dtype,
-                      transform=transform, crs="EPSG:32633", nodata=7)
+    src = make_raster(
+        tmp_path / "in.tif",
+        width=21,
+        height=17,
+        count=count,
+        dtype=dtype,
+        transform=transform,
+        crs="EPSG:32633",
+        nodata=7,
+    )
     _, profile = upscale(src, tmp_path / "out.tif", model="bicubic", scale=4)
     assert profile["crs"].to_epsg() == 32633
     assert profile["transform"].almost_equals(transform @ transform.scale(0.25))
@@ -123,13 +150,17 @@ def test_georeferencing_and_dtype_are_kept(tmp_path, dtype, count, transform):
         assert out.xy(68, 84, offset="ul") == pytest.approx(inp.xy(17, 21, offset="ul"))
 
 
-@pytest.mark.parametrize("dtype,nodata", [("uint16", 0), ("float32", -9999.0), ("float32", float("nan"))])
+@pytest.mark.parametrize(
+    "dtype,nodata", [("uint16", 0), ("float32", -9999.0), ("float32", float("nan"))]
+)
 def test_nodata_stays_nodata_and_never_leaks(tmp_path, dtype, nodata):
-    data = (1000 + raster_content(30, 26, 2, "uint8").astype(dtype))  # values 1000..1255
+    data = 1000 + raster_content(30, 26, 2, "uint8").astype(dtype)  # values 1000..1255
     data[:, 8:14, 5:12] = nodata
     data[0, 20, 20] = nodata  # a single pixel in one band only
     src = make_raster(tmp_path / "in.tif", data=data, nodata=nodata)
-    out, profile = upscale(src, tmp_path / "out.tif", model="bicubic", scale=4, tile=8, overlap=3, region=10)
+    out, profile = upscale(
+        src, tmp_path / "out.tif", model="bicubic", scale=4, tile=8, overlap=3, region=10
+    )
     missing = np.isnan(data) if np.isnan(nodata) else data == nodata
     expected_missing = np.repeat(np.repeat(missing, 4, axis=1), 4, axis=2)
     out_missing = np.isnan(out) if np.isnan(nodata) else out == nodata
@@ -172,7 +203,7 @@ def test_zarr_output_holds_the_pixels_and_georeferencing(tmp_path):
     import zarr
 
     src = make_raster(tmp_path / "in.tif", width=30, height=20, count=2, dtype="int16", nodata=-1)
-    run_upscale(plan_upscale(src, tmp_path / "out.zarr", model="nearest", scale=2))
+    run_plan(plan_upscale(src, tmp_path / "out.zarr", model="nearest", scale=2))
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     np.testing.assert_array_equal(group["data"][:], whole_raster(read_raster(src)[0], 2, "nearest"))
     assert group.attrs["transform"] == list(NORTH_UP @ NORTH_UP.scale(0.5))[:6]
@@ -181,9 +212,12 @@ def test_zarr_output_holds_the_pixels_and_georeferencing(tmp_path):
 
 def test_creation_options_override_the_defaults(tmp_path):
     src = make_raster(tmp_path / "in.tif")
-    upscale(src, tmp_path / "out.tif", model="nearest", creation_overrides={"compress": "ZSTD",
-                                                                           "BLOCKXSIZE": "256",
-                                                                           "BLOCKYSIZE": "256"})
+    upscale(
+        src,
+        tmp_path / "out.tif",
+        model="nearest",
+        creation_overrides={"compress": "ZSTD", "BLOCKXSIZE": "256", "BLOCKYSIZE": "256"},
+    )
     with rasterio.open(tmp_path / "out.tif") as out:
         assert out.profile["compress"] == "zstd" and out.block_shapes[0] == (256, 256)
 
@@ -201,10 +235,14 @@ def test_a_kept_workdir_serves_another_output_format_without_recomputing(tmp_pat
 
     src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint16")
     workdir = tmp_path / "work"
-    first = run_upscale(plan_upscale(src, tmp_path / "a.tif", model="bicubic", region=16),
-                        workdir=workdir, keep_workdir=True)
-    second = run_upscale(plan_upscale(src, tmp_path / "b.zarr", model="bicubic", region=16),
-                         workdir=workdir)
+    first = run_plan(
+        plan_upscale(src, tmp_path / "a.tif", model="bicubic", region=16),
+        workdir=workdir,
+        keep_workdir=True,
+    )
+    second = run_plan(
+        plan_upscale(src, tmp_path / "b.zarr", model="bicubic", region=16), workdir=workdir
+    )
     assert first.stages[0].computed == first.stages[0].total > 1
     assert second.resumed and second.stages[0].computed == 0
     data = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["data"][:]
@@ -216,7 +254,7 @@ def test_an_empty_folder_given_as_workdir_is_emptied_not_deleted(tmp_path):
     src = make_raster(tmp_path / "in.tif")
     folder = tmp_path / "mine"
     folder.mkdir()
-    run_upscale(plan_upscale(src, tmp_path / "out.tif", model="nearest"), workdir=folder)
+    run_plan(plan_upscale(src, tmp_path / "out.tif", model="nearest"), workdir=folder)
     assert folder.is_dir() and not any(folder.iterdir())
     assert (tmp_path / "out.tif").is_file()
 
@@ -237,7 +275,9 @@ class _KeysRead:
         return Recording(root)
 
 
-@pytest.mark.parametrize("region, halo, chunk", [(32, 6, 16), (32, 20, 16), (30, 5, 16), (24, 4, 24)])
+@pytest.mark.parametrize(
+    "region, halo, chunk", [(32, 6, 16), (32, 20, 16), (30, 5, 16), (24, 4, 24)]
+)
 def test_assembly_reads_only_the_stored_pieces_over_its_chunk(tmp_path, region, halo, chunk):
     """Region extents are stored in blocks chunked like the output: an output chunk's assembly
     reads one Zarr chunk per region touching it (when regions are whole chunks), and blends to
@@ -247,18 +287,21 @@ def test_assembly_reads_only_the_stored_pieces_over_its_chunk(tmp_path, region, 
 
     import zarr
 
-    from tiler import engine
-    from tiler.blend import Blender
-    from tiler.grid import Box, Span, TileGrid
-    from tiler.store import FAST_ZSTD
-    from tiler.weights import region_profile
+    from tiler.geometry.blend import Blender
+    from tiler.geometry.grid import Box, Span, TileGrid
+    from tiler.geometry.weights import region_profile
+    from tiler.workdir import arrays as engine
+    from tiler.workdir.store import FAST_ZSTD
 
     grid = TileGrid(80, 96, 16, 4, region, halo)
-    plan = types.SimpleNamespace(grid=types.SimpleNamespace(chunk=chunk, region=region, halo=halo),
-                                 tile_grid=lambda: grid)
+    plan = types.SimpleNamespace(
+        grid=types.SimpleNamespace(chunk=chunk, region=region, halo=halo), tile_grid=lambda: grid
+    )
     store = _KeysRead(tmp_path / "w.zarr")
     group = zarr.open_group(store=store, mode="w")
-    group.create_array("regions", compressors=FAST_ZSTD, **engine.regions_spec(plan, 2, 1)["regions"])
+    group.create_array(
+        "regions", compressors=FAST_ZSTD, **engine.regions_spec(plan, 2, 1)["regions"]
+    )
     workdir = types.SimpleNamespace(array=lambda name: group[name], writing=contextlib.nullcontext)
     rng = np.random.default_rng(0)
     extents = {}
@@ -270,12 +313,17 @@ def test_assembly_reads_only_the_stored_pieces_over_its_chunk(tmp_path, region, 
         store.keys.clear()
         values, _ = engine.blend_regions(workdir, grid, core, 1, 2)
         expected = Blender(core, 2)
-        touching = [(ry, rx) for ry in grid.rows.regions_touching(core.y)
-                    for rx in grid.cols.regions_touching(core.x)]
+        touching = [
+            (ry, rx)
+            for ry in grid.rows.regions_touching(core.y)
+            for rx in grid.cols.regions_touching(core.x)
+        ]
         for ry, rx in touching:
             extent = grid.region_at(ry, rx).extent
-            weights = np.outer(region_profile(extent.y.start, extent.y.stop, 80, halo),
-                               region_profile(extent.x.start, extent.x.stop, 96, halo))
+            weights = np.outer(
+                region_profile(extent.y.start, extent.y.stop, 80, halo),
+                region_profile(extent.x.start, extent.x.stop, 96, halo),
+            )
             expected.add(extent, extents[ry, rx], np.ones((1, 1, 1), bool), weights)
         np.testing.assert_allclose(values, expected.result(core)[0], rtol=0, atol=1e-6)
         chunk_keys = [key for key in store.keys if key.startswith("regions/c/")]
@@ -294,7 +342,7 @@ def test_assembly_reads_only_the_stored_pieces_over_its_chunk(tmp_path, region, 
 def test_stages_without_the_model_use_every_core_next_to_a_gpu():
     """Two threads share a GPU's model; assembly runs on every core meanwhile idle; --workers
     holds for every stage; on a CPU every stage has one thread per core."""
-    from tiler.upscale import worker_counts
+    from tiler.execution.run import worker_counts
 
     assert worker_counts("cuda", 16, None) == (2, 16)
     assert worker_counts("cpu", 16, None) == (16, 16)
@@ -305,7 +353,7 @@ def test_thread_executor_runs_each_stage_on_its_own_thread_count():
     import threading
     import time
 
-    from tiler.execute import ThreadExecutor
+    from tiler.execution.threads import ThreadExecutor
 
     class Task:
         stages = ("denoise", "assemble")

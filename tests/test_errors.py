@@ -14,19 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import make_raster, read_raster, run_tiler, shown_lines
 
 # libtiff's default error handler prints I/O failures straight to stderr (GDAL does not route them
 # through its error handler, so neither GDAL nor tiler can silence them): "_tiffWriteProc: ...".
 LIBTIFF_LINE = re.compile(r"^_tiff\w+Proc: ")
 
+
 def assert_one_error(result, code: int, *fragments: str, ignore: re.Pattern | None = None) -> str:
     """``result`` exited ``code`` with one error line holding every fragment; returns that line.
 
     A usage error click detects itself comes after click's two usage lines, as rio's do."""
     stderr = result.stderr
-    assert result.returncode == code, f"exit {result.returncode}, expected {code}; stderr:\n{stderr}"
+    assert result.returncode == code, (
+        f"exit {result.returncode}, expected {code}; stderr:\n{stderr}"
+    )
     assert "Traceback" not in stderr, stderr
     lines = [line for line in shown_lines(stderr) if not (ignore and ignore.match(line))]
     prefix = "tiler: error: "
@@ -49,7 +51,9 @@ def assert_no_output(output: Path, workdir: bool = True):
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -79,15 +83,20 @@ def test_a_text_file_is_not_a_raster(tmp_path, out):
 def test_an_empty_file_is_refused(tmp_path, out):
     empty = tmp_path / "empty.tif"
     empty.touch()
-    assert_one_error(run_tiler("upscale", empty, out), 1, str(empty), "0 bytes", "expected a raster")
+    assert_one_error(
+        run_tiler("upscale", empty, out), 1, str(empty), "0 bytes", "expected a raster"
+    )
     assert_no_output(out)
 
 
-@pytest.mark.parametrize("bands, fragments", [
-    ("4", ["band 4", "out of range", "3 band(s)", "1..3"]),
-    ("0", ["band 0", "1..3"]),
-    ("1,x", ["'1,x'", "comma-separated list of band numbers"]),
-])
+@pytest.mark.parametrize(
+    "bands, fragments",
+    [
+        ("4", ["band 4", "out of range", "3 band(s)", "1..3"]),
+        ("0", ["band 0", "1..3"]),
+        ("1,x", ["'1,x'", "comma-separated list of band numbers"]),
+    ],
+)
 def test_band_out_of_range_names_the_band_and_the_range(src, out, bands, fragments):
     line = assert_one_error(run_tiler("upscale", src, out, "-b", bands), 2, "-b/--bidx", *fragments)
     if bands != "1,x":
@@ -136,8 +145,9 @@ def _mount_tmpfs(folder: Path, options: str) -> bool:
     """Mount a tmpfs on ``folder`` if this process may (root); False if it cannot."""
     if shutil.which("mount") is None:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
     return done.returncode == 0
 
 

@@ -3,11 +3,19 @@
 import numpy as np
 import pytest
 
-from tiler.grid import AxisTiling, Span, TileGrid
-from tiler.weights import edge_ramp, region_profile, tile_weights
+from tiler.geometry.grid import AxisTiling, Span, TileGrid
+from tiler.geometry.weights import edge_ramp, region_profile, tile_weights
 
-SIZES = [(1, 8, 8), (7, 8, 6), (8, 8, 8), (9, 8, 6), (100, 16, 12), (100, 16, 16), (257, 32, 20),
-         (33, 64, 40)]
+SIZES = [
+    (1, 8, 8),
+    (7, 8, 6),
+    (8, 8, 8),
+    (9, 8, 6),
+    (100, 16, 12),
+    (100, 16, 16),
+    (257, 32, 20),
+    (33, 64, 40),
+]
 
 
 @pytest.mark.parametrize("length,tile,stride", SIZES)
@@ -22,19 +30,29 @@ def test_tiles_cover_the_axis_with_constant_shape(length, tile, stride):
 
 @pytest.mark.parametrize("length,tile,stride", SIZES)
 @pytest.mark.parametrize("region,halo", [(1, 0), (10, 0), (24, 3), (64, 16), (1000, 0)])
-def test_regions_partition_the_axis_and_own_every_tile_they_need(length, tile, stride, region, halo):
+def test_regions_partition_the_axis_and_own_every_tile_they_need(
+    length, tile, stride, region, halo
+):
     axis = AxisTiling(length, tile, stride, region, halo)
     cores = [axis.region_core(j) for j in range(axis.region_count)]
     assert cores[0].start == 0 and cores[-1].stop == length
     assert all(a.stop == b.start for a, b in zip(cores, cores[1:]))
     for j, core in enumerate(cores):
         extent = axis.region_extent(j)
-        assert extent.start == max(0, core.start - halo) and extent.stop == min(length, core.stop + halo)
-        needed = {k for k in range(axis.tile_count)
-                  if axis.tile_span(k).start < extent.stop and axis.tile_span(k).stop > extent.start}
+        assert extent.start == max(0, core.start - halo) and extent.stop == min(
+            length, core.stop + halo
+        )
+        needed = {
+            k
+            for k in range(axis.tile_count)
+            if axis.tile_span(k).start < extent.stop and axis.tile_span(k).stop > extent.start
+        }
         assert set(axis.tiles_touching(extent)) == needed
-        touching = {i for i in range(axis.region_count)
-                    if axis.region_extent(i).start < core.stop and axis.region_extent(i).stop > core.start}
+        touching = {
+            i
+            for i in range(axis.region_count)
+            if axis.region_extent(i).start < core.stop and axis.region_extent(i).stop > core.start
+        }
         assert set(axis.regions_touching(core)) == touching
 
 
@@ -68,8 +86,8 @@ def test_tile_weights_are_a_partition_of_unity_between_neighbours(tile, overlap)
     total = np.zeros(length)
     profile = edge_ramp(tile, overlap)
     for start in range(0, length - tile + 1, stride):
-        total[start:start + tile] += profile
-    interior = total[tile:length - tile]
+        total[start : start + tile] += profile
+    interior = total[tile : length - tile]
     np.testing.assert_allclose(interior, 1.0, atol=1e-12)
     assert (profile > 0).all()
     assert tile_weights(tile, overlap).shape == (tile, tile)
@@ -81,5 +99,5 @@ def test_region_profiles_sum_to_one_across_their_overlap():
     total = np.zeros(length)
     for j in range(axis.region_count):
         extent = axis.region_extent(j)
-        total[extent.start:extent.stop] += region_profile(extent.start, extent.stop, length, halo)
+        total[extent.start : extent.stop] += region_profile(extent.start, extent.stop, length, halo)
     np.testing.assert_allclose(total, 1.0, atol=1e-12)

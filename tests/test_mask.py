@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-
 from conftest import NORTH_UP, make_raster
+
 from tiler.errors import BadParameter, InputError
-from tiler.grid import Box, Span, TileGrid
-from tiler.mask import MaskReader, MaskSpec, check_mask, touched_tiles
-from tiler.raster import describe
+from tiler.geometry.grid import Box, Span, TileGrid
+from tiler.raster.mask import MaskReader, MaskSpec, check_mask, touched_tiles
+from tiler.raster.sources import describe
 
 WIDTH, HEIGHT = 50, 36
 
@@ -36,7 +36,7 @@ def blobs(seed=0, height=HEIGHT, width=WIDTH) -> np.ndarray:
     area = np.zeros((height, width), dtype=bool)
     for _ in range(4):
         y, x = rng.integers(0, height), rng.integers(0, width)
-        area[max(0, y - 2):y + 3, max(0, x - 3):x + 2] = True
+        area[max(0, y - 2) : y + 3, max(0, x - 3) : x + 2] = True
     return area
 
 
@@ -62,15 +62,20 @@ def test_mask_file_on_another_grid_in_the_same_crs_is_resampled(tmp_path, src):
     np.testing.assert_array_equal(read_all(MaskSpec("file", str(mask)), src), area)
 
 
-@pytest.mark.parametrize("case, fragments", [
-    ("size", ["mask is 20 x 10 px", f"expected the input's {WIDTH} x {HEIGHT} px"]),
-    ("crs", ["mask CRS EPSG:32634 differs", "EPSG:32633"]),
-    ("cover", ["does not cover the input's footprint"]),
-])
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("size", ["mask is 20 x 10 px", f"expected the input's {WIDTH} x {HEIGHT} px"]),
+        ("crs", ["mask CRS EPSG:32634 differs", "EPSG:32633"]),
+        ("cover", ["does not cover the input's footprint"]),
+    ],
+)
 def test_misaligned_masks_are_refused(tmp_path, src, case, fragments):
-    options = {"size": dict(width=20, height=10, crs=None, transform=None),
-               "crs": dict(crs="EPSG:32634"),
-               "cover": dict(width=WIDTH - 5)}[case]
+    options = {
+        "size": dict(width=20, height=10, crs=None, transform=None),
+        "crs": dict(crs="EPSG:32634"),
+        "cover": dict(width=WIDTH - 5),
+    }[case]
     mask = make_raster(tmp_path / "mask.tif", count=1, **options)
     with pytest.raises(InputError) as raised:
         check_mask(MaskSpec("file", str(mask)), describe(src), (1, 2, 3))
@@ -124,13 +129,15 @@ def test_dilation_is_a_disk_and_reads_context_across_boxes(tmp_path, src):
     np.testing.assert_array_equal(np.concatenate([left, right], axis=1), grown)
 
 
-@pytest.mark.parametrize("factor, tile, overlap, margin", [(1, 8, 2, 0), (4, 4, 1, 0), (4, 4, 1, 2),
-                                                           (2, 6, 0, 1)])
-def test_touched_tiles_match_a_brute_force_count(tmp_path, src, factor, tile, overlap, margin,
-                                                 monkeypatch):
-    import tiler.mask
+@pytest.mark.parametrize(
+    "factor, tile, overlap, margin", [(1, 8, 2, 0), (4, 4, 1, 0), (4, 4, 1, 2), (2, 6, 0, 1)]
+)
+def test_touched_tiles_match_a_brute_force_count(
+    tmp_path, src, factor, tile, overlap, margin, monkeypatch
+):
+    import tiler.raster.mask
 
-    monkeypatch.setattr(tiler.mask, "SCAN_BLOCK", 16)  # several blocks on a small raster
+    monkeypatch.setattr(tiler.raster.mask, "SCAN_BLOCK", 16)  # several blocks on a small raster
     area = blobs(4)
     mask = make_raster(tmp_path / "mask.tif", data=area.astype("uint8")[None])
     reader = MaskReader(MaskSpec("file", str(mask)), describe(src), (1, 2, 3))
@@ -145,8 +152,10 @@ def test_touched_tiles_match_a_brute_force_count(tmp_path, src, factor, tile, ov
     for ty in range(grid.rows.tile_count):
         for tx in range(grid.cols.tile_count):
             rows, cols = grid.rows.tile_span(ty), grid.cols.tile_span(tx)
-            near = latent[max(0, rows.start - margin):rows.stop + margin,
-                          max(0, cols.start - margin):cols.stop + margin]
+            near = latent[
+                max(0, rows.start - margin) : rows.stop + margin,
+                max(0, cols.start - margin) : cols.stop + margin,
+            ]
             if near.any():
                 expected.add((ty, tx))
     assert coverage.tiles == expected

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 import yaml
-
-from tiler.model_card import ModelCard, read_card, write_card
-from tiler.models import ModelError
 from tiny_models import save_tiny_inpaint_model, save_tiny_synthesis_model
+
+from tiler.errors import ModelError
+from tiler.ldm.card import ModelCard, read_card, write_card
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,10 @@ def copy_of(model_dir, tmp_path):
 def test_cards_of_the_tiny_models_read_back(inpaint_dir, synthesis_dir):
     inpaint = read_card(inpaint_dir)
     assert (inpaint.task, inpaint.conditioning.kind, inpaint.first_stage) == (
-        "inpaint", "masked-image-and-mask", "vqvae")
+        "inpaint",
+        "masked-image-and-mask",
+        "vqvae",
+    )
     synthesis = read_card(synthesis_dir)
     assert synthesis.conditioning.classes == 6 and synthesis.conditioning.rescale_stages == 2
     text = (synthesis_dir / "tiler.yaml").read_text()
@@ -44,15 +47,26 @@ def edit_card(model_dir, **changes):
     path.write_text(yaml.safe_dump(data))
 
 
-@pytest.mark.parametrize("changes, fragments", [
-    ({"task": "colourise"}, ["task", "'colourise'"]),
-    ({"colour": True}, ["colour", "Extra inputs are not permitted"]),
-    ({"task": "synthesis"}, ["conditioning.kind", "'masked-image-and-mask' does not fit task 'synthesis'",
-                             "'labels'"]),
-    ({"first-stage": "vae"}, ["vae/config.json: missing"]),
-    ({"conditioning": {"kind": "low-res-image"}, "task": "superres"},
-     ["unet/config.json: in_channels 7", "expected 6 in"]),
-])
+@pytest.mark.parametrize(
+    "changes, fragments",
+    [
+        ({"task": "colourise"}, ["task", "'colourise'"]),
+        ({"colour": True}, ["colour", "Extra inputs are not permitted"]),
+        (
+            {"task": "synthesis"},
+            [
+                "conditioning.kind",
+                "'masked-image-and-mask' does not fit task 'synthesis'",
+                "'labels'",
+            ],
+        ),
+        ({"first-stage": "vae"}, ["vae/config.json: missing"]),
+        (
+            {"conditioning": {"kind": "low-res-image"}, "task": "superres"},
+            ["unet/config.json: in_channels 7", "expected 6 in"],
+        ),
+    ],
+)
 def test_bad_cards_name_the_file_and_key(tmp_path, inpaint_dir, changes, fragments):
     model_dir = copy_of(inpaint_dir, tmp_path)
     edit_card(model_dir, **changes)
@@ -84,7 +98,9 @@ def test_rescaler_shape_must_match_the_card(tmp_path, synthesis_dir):
 def test_component_class_is_checked(tmp_path, inpaint_dir):
     model_dir = copy_of(inpaint_dir, tmp_path)
     config = json.loads((model_dir / "vqvae" / "config.json").read_text())
-    (model_dir / "vqvae" / "config.json").write_text(json.dumps(config | {"_class_name": "AutoencoderKL"}))
+    (model_dir / "vqvae" / "config.json").write_text(
+        json.dumps(config | {"_class_name": "AutoencoderKL"})
+    )
     with pytest.raises(ModelError, match="a AutoencoderKL; expected a VQModel"):
         read_card(model_dir)
 

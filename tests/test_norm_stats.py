@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_raster, read_raster
-from tiler import norm_stats
-from tiler.first_stage import tiled_pass
-from tiler.grid import Box, Span
-from tiler.raster import read_reflected
+
+from tiler.geometry.grid import Box, Span
+from tiler.ldm import norm_stats
+from tiler.ldm.first_stage import tiled_pass
+from tiler.raster.sources import read_reflected
 
 SIZE, TILE, HALO = 40, 8, 16  # latent px; HALO covers the tiny decoder's reach
 
@@ -19,7 +19,6 @@ SIZE, TILE, HALO = 40, 8, 16  # latent px; HALO covers the tiny decoder's reach
 def vq(tmp_path_factory):
     import torch
     from diffusers import VQModel
-
     from tiny_models import save_tiny_inpaint_model
 
     torch.manual_seed(0)
@@ -51,14 +50,26 @@ def reflected(values: np.ndarray, box: Box) -> np.ndarray:
 def whole_and_tiled_decode(vq, norms):
     latent = np.random.default_rng(1).standard_normal((3, SIZE, SIZE)).astype(np.float32)
     outer = Box(Span(-HALO, SIZE + HALO), Span(-HALO, SIZE + HALO))  # the tiles see reflection
-    whole = decode(vq, reflected(latent, outer)[None], norms)[0][:, HALO * 4:-HALO * 4, HALO * 4:-HALO * 4]
-    tiled = tiled_pass(lambda batch: decode(vq, batch, norms), lambda box: reflected(latent, box),
-                       Box(Span(0, SIZE), Span(0, SIZE)), TILE, HALO, 4, 3, batch_size=3)
+    whole = decode(vq, reflected(latent, outer)[None], norms)[0][
+        :, HALO * 4 : -HALO * 4, HALO * 4 : -HALO * 4
+    ]
+    tiled = tiled_pass(
+        lambda batch: decode(vq, batch, norms),
+        lambda box: reflected(latent, box),
+        Box(Span(0, SIZE), Span(0, SIZE)),
+        TILE,
+        HALO,
+        4,
+        3,
+        batch_size=3,
+    )
     return whole, tiled, latent
 
 
 def measured(vq, call, batch):
-    recorder = norm_stats.Recorder(len(norm_stats.group_norms(vq.decoder if call is decode else vq.encoder)))
+    recorder = norm_stats.Recorder(
+        len(norm_stats.group_norms(vq.decoder if call is decode else vq.encoder))
+    )
     call(vq, batch, recorder)
     return recorder.as_array()
 
@@ -90,12 +101,24 @@ def test_tiled_encode_equals_whole_encode_with_shared_statistics(vq):
         windows.append(batch.shape)
         return encode(vq, batch, stats)
 
-    tiled = tiled_pass(encode_windows, lambda box: reflected(image, box.scale(4)),
-                       Box(Span(0, SIZE), Span(0, SIZE)), TILE, HALO, 1, 3, batch_size=3)
+    tiled = tiled_pass(
+        encode_windows,
+        lambda box: reflected(image, box.scale(4)),
+        Box(Span(0, SIZE), Span(0, SIZE)),
+        TILE,
+        HALO,
+        1,
+        3,
+        batch_size=3,
+    )
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
     assert {shape[2:] for shape in windows} == {((TILE + 2 * HALO) * 4,) * 2}
-    assert np.abs(encode(vq, reflected(image, outer)[None], None)[0][:, HALO:-HALO, HALO:-HALO]
-                  - tiled).max() > 1e-3  # the statistics are what makes it exact
+    assert (
+        np.abs(
+            encode(vq, reflected(image, outer)[None], None)[0][:, HALO:-HALO, HALO:-HALO] - tiled
+        ).max()
+        > 1e-3
+    )  # the statistics are what makes it exact
 
 
 def test_one_window_with_its_own_statistics_is_a_plain_decode(vq):
@@ -104,20 +127,25 @@ def test_one_window_with_its_own_statistics_is_a_plain_decode(vq):
     sample = np.random.default_rng(4).standard_normal((3, 3, 16, 16)).astype(np.float32)
     own = measured(vq, decode, sample[:1])
     np.testing.assert_allclose(decode(vq, sample[:1], own), decode(vq, sample[:1], None), atol=2e-5)
-    np.testing.assert_allclose(measured(vq, decode, sample), measured(vq, decode, sample[::-1].copy()),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        measured(vq, decode, sample),
+        measured(vq, decode, sample[::-1].copy()),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_inpainting_output_does_not_depend_on_the_decode_tile(tmp_path):
     """With shared statistics the decode tiling is invisible: decode tiles 8 and 16 (same halo)
     give the same pixels up to one step of rounding, and almost all px identical."""
     from test_inpaint import GRID, mask_file
-    from tiler.cluster import ExecutionOptions
-    from tiler.inpaint import plan_inpaint
-    from tiler.mask import MaskSpec
-    from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
-    from tiler.upscale import run_upscale
     from tiny_models import save_tiny_inpaint_model
+
+    from tiler.execution.cluster import ExecutionOptions
+    from tiler.execution.run import run_plan
+    from tiler.ldm.options import DiffusionOptions, RuntimeOptions
+    from tiler.raster.mask import MaskSpec
+    from tiler.tasks.inpaint import plan_inpaint
 
     model = save_tiny_inpaint_model(tmp_path / "model")
     src = make_raster(tmp_path / "in.tif", width=96, height=80)
@@ -125,11 +153,20 @@ def test_inpainting_output_does_not_depend_on_the_decode_tile(tmp_path):
     outputs = []
     for tile in (8, 16):
         options = DiffusionOptions(steps=2, decode_tile=tile, decode_halo=HALO, device="cpu")
-        plan = plan_inpaint(src, tmp_path / f"out{tile}.tif", model=str(model),
-                            mask=MaskSpec("file", str(mask)), diffusion=options, **GRID)
+        plan = plan_inpaint(
+            src,
+            tmp_path / f"out{tile}.tif",
+            model=str(model),
+            mask=MaskSpec("file", str(mask)),
+            diffusion=options,
+            **GRID,
+        )
         assert plan.diffusion.shared_norm
-        run_upscale(plan, runtime=RuntimeOptions(device="cpu"),
-                    execution=ExecutionOptions(cluster="threads", workers=1))
+        run_plan(
+            plan,
+            runtime=RuntimeOptions(device="cpu"),
+            execution=ExecutionOptions(cluster="threads", workers=1),
+        )
         outputs.append(read_raster(tmp_path / f"out{tile}.tif")[0].astype(int))
     difference = np.abs(outputs[0] - outputs[1])
     assert difference.max() <= 1 and (difference == 0).mean() > 0.99

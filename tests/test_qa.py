@@ -7,23 +7,30 @@ import math
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import make_raster, run_tiler, shown_lines
+
 from tiler import qa
-from tiler.export import PLAN_TAG
-from tiler.plan import plan_from_json
-from tiler.qa import SeamGeometry, seam_report
-from tiler.upscale import plan_upscale, run_upscale
+from tiler.execution.export import PLAN_TAG
+from tiler.execution.run import run_plan
+from tiler.qa import heatmap, seams
+from tiler.qa.seams import SeamGeometry, seam_report
+from tiler.tasks import plan_upscale
+from tiler.workdir.plan import plan_from_json
 
 GEOMETRY = dict(tile=32, overlap=8, region=48, halo=8)  # latent (= input) px; stride 24
 
 
 def smooth_content(width, height, count=2):
-    """Oblique waves over many periods: the mean |step| across any column or row is about the same."""
+    """Oblique waves over many periods: the mean |step| across any column or row is about the
+    same."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    bands = [300 + 100 * np.sin(2 * np.pi * (xx * (0.07 + 0.01 * b) + yy * 0.05))
-             + 80 * np.sin(2 * np.pi * (xx * 0.03 - yy * (0.11 + 0.01 * b))) + 0.5 * xx
-             for b in range(count)]
+    bands = [
+        300
+        + 100 * np.sin(2 * np.pi * (xx * (0.07 + 0.01 * b) + yy * 0.05))
+        + 80 * np.sin(2 * np.pi * (xx * 0.03 - yy * (0.11 + 0.01 * b)))
+        + 0.5 * xx
+        for b in range(count)
+    ]
     return np.stack(bands).astype(np.float32)
 
 
@@ -33,7 +40,7 @@ def smooth_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qa")
     src = make_raster(folder / "in.tif", data=smooth_content(96, 80))
     out = folder / "out.tif"
-    run_upscale(plan_upscale(src, out, model="bicubic", scale=4, **GEOMETRY))
+    run_plan(plan_upscale(src, out, model="bicubic", scale=4, **GEOMETRY))
     with rasterio.open(out) as ds:
         return out, ds.tags()[PLAN_TAG]
 
@@ -56,7 +63,9 @@ def tile_boundaries(plan_json):
 def gentle_ramp(width, height):
     """A smooth gradient with small steps between pixels (about 0.3 to 0.8 per px)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    ramp = 0.5 * xx + 0.3 * yy + 10 * np.sin(2 * np.pi * xx / 150) + 8 * np.cos(2 * np.pi * yy / 110)
+    ramp = (
+        0.5 * xx + 0.3 * yy + 10 * np.sin(2 * np.pi * xx / 150) + 8 * np.cos(2 * np.pi * yy / 110)
+    )
     return np.stack([ramp, 2 * ramp]).astype(np.float32)
 
 
@@ -121,18 +130,35 @@ def test_steps_at_decode_tile_edges_score_as_decode_seams(smooth_run, tmp_path):
     assert report.boundaries["decode"] == 4 + 3  # x = 88..352, y = 88..264
     assert report.index["decode"] > 1.5 and report.index["tile"] == pytest.approx(1.0, abs=0.05)
     worst = report.worst_segments[0]
-    assert worst.kinds == ("decode",) and worst.orientation == "vertical" and worst.x0 in decode_lines
+    assert (
+        worst.kinds == ("decode",) and worst.orientation == "vertical" and worst.x0 in decode_lines
+    )
     assert len(report.remedies()) == 1 and "--decode-halo" in report.remedies()[0]
-    shown = run_tiler("qa", tmp_path / "decode.tif", "--tile", 32, "--overlap", 8, "--region", 48,
-                      "--scale", 4, "--decode-tile", 22)
+    shown = run_tiler(
+        "qa",
+        tmp_path / "decode.tif",
+        "--tile",
+        32,
+        "--overlap",
+        8,
+        "--region",
+        48,
+        "--scale",
+        4,
+        "--decode-tile",
+        22,
+    )
     assert shown.returncode == 0, shown.stderr
     assert [line for line in shown.stdout.splitlines() if line.startswith("hint:")] == [
-        f"hint: {report.remedies()[0]}"]
+        f"hint: {report.remedies()[0]}"
+    ]
 
 
 def box_blur(image, radius):
     padded = np.pad(image, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1, 2 * radius + 1), axis=(1, 2))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded, (2 * radius + 1, 2 * radius + 1), axis=(1, 2)
+    )
     return windows.mean(axis=(-2, -1))
 
 
@@ -143,9 +169,9 @@ def test_blurred_boundary_bands_score_below_one(smooth_run, tmp_path):
     data = smooth_content(384, 320) + 20 * rng.standard_normal((2, 320, 384))
     band = np.zeros((320, 384), dtype=bool)
     for x in axes["x"]:
-        band[:, x - 4:x + 4] = True
+        band[:, x - 4 : x + 4] = True
     for y in axes["y"]:
-        band[y - 4:y + 4, :] = True
+        band[y - 4 : y + 4, :] = True
     data = np.where(band, box_blur(data, 2), data).astype(np.float32)
     report = seam_report(write_like(tmp_path / "blurred.tif", plan_json, data))
     print("blurred:", report.index, report.worst_segments[0].ratio)
@@ -165,8 +191,14 @@ def test_nodata_pairs_are_skipped_and_result_matches_whole_array(smooth_run, tmp
     image = data.astype(np.float64)
     image[image == -9999] = np.nan
 
-    def steps(axis, p):  # |I[p] - I[p - 1]| across a vertical (x) or horizontal (y) line, valid only
-        a, b = (image[:, :, p - 1], image[:, :, p]) if axis == "x" else (image[:, p - 1, :], image[:, p, :])
+    def steps(
+        axis, p
+    ):  # |I[p] - I[p - 1]| across a vertical (x) or horizontal (y) line, valid only
+        a, b = (
+            (image[:, :, p - 1], image[:, :, p])
+            if axis == "x"
+            else (image[:, p - 1, :], image[:, p, :])
+        )
         d = np.abs(b - a)
         return d[~np.isnan(d)]
 
@@ -186,7 +218,9 @@ def test_zarr_output_reads_the_same(smooth_run, tmp_path):
     with rasterio.open(out) as ds:
         pixels = ds.read()
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="w")
-    group.create_array("data", shape=pixels.shape, chunks=(1, 128, 128), dtype=pixels.dtype)[:] = pixels
+    group.create_array("data", shape=pixels.shape, chunks=(1, 128, 128), dtype=pixels.dtype)[:] = (
+        pixels
+    )
     group.attrs.update({PLAN_TAG: plan_json, "nodata": None})
     tiff, store = seam_report(out), seam_report(tmp_path / "out.zarr")
     assert store.index == pytest.approx(tiff.index, rel=1e-12, nan_ok=True)
@@ -200,12 +234,14 @@ def test_heatmap_is_a_small_rgb_png(smooth_run, tmp_path, monkeypatch):
         assert png.driver == "PNG" and png.count == 3 and png.dtypes == ("uint8",) * 3
         assert max(png.width, png.height) <= 1024 and (png.width, png.height) == (384, 320)
         image = png.read()
-    assert tuple(image[:, 10, 10]) == qa.BACKGROUND  # away from every boundary
+    assert tuple(image[:, 10, 10]) == heatmap.BACKGROUND  # away from every boundary
     assert image[:, 160, 96].min() > 200  # tile boundary x = 96, invisible seam: near white
     # a larger footprint is scaled down to the longest side; planted steps show red
-    monkeypatch.setattr(qa, "HEATMAP_SIDE", 128)
+    monkeypatch.setattr(heatmap, "HEATMAP_SIDE", 128)
     data = gentle_ramp(384, 320) + np.where(np.arange(384) >= 96, 50.0, 0.0).astype(np.float32)
-    seam_report(write_like(tmp_path / "steps.tif", plan_json, data), heatmap_path=tmp_path / "small.png")
+    seam_report(
+        write_like(tmp_path / "steps.tif", plan_json, data), heatmap_path=tmp_path / "small.png"
+    )
     with rasterio.open(tmp_path / "small.png") as png:
         assert (png.width, png.height) == (128, 107)
         assert tuple(png.read()[:, 50, 32]) == (255, 0, 0)  # x = 96 -> column 32: ratio >= 2
@@ -213,8 +249,15 @@ def test_heatmap_is_a_small_rgb_png(smooth_run, tmp_path, monkeypatch):
 
 def test_ratio_colour_ramp():
     colours = qa.ratio_colours([0.25, 0.5, 1.0, math.sqrt(2), 2.0, 8.0, math.nan])
-    expected = [(0, 0, 255), (0, 0, 255), (255, 255, 255), (255, 128, 128), (255, 0, 0), (255, 0, 0),
-                (128, 128, 128)]
+    expected = [
+        (0, 0, 255),
+        (0, 0, 255),
+        (255, 255, 255),
+        (255, 128, 128),
+        (255, 0, 0),
+        (255, 0, 0),
+        (128, 128, 128),
+    ]
     np.testing.assert_allclose(colours.astype(int), expected, atol=1)
     assert colours.dtype == np.uint8
 
@@ -231,7 +274,7 @@ def test_reading_is_windowed_in_thin_strips(smooth_run, monkeypatch):
         return original(self, *args, window=window, **kwargs)
 
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
-    monkeypatch.setattr(qa, "BLOCK", 100)
+    monkeypatch.setattr(seams, "BLOCK", 100)
     blocked = seam_report(out)
     assert shapes and all(min(shape) == 2 and max(shape) <= 100 for shape in shapes)
     assert blocked.index == pytest.approx(whole.index, rel=1e-12, nan_ok=True)
@@ -242,10 +285,21 @@ def test_cli_prints_json_and_writes_the_heatmap(smooth_run, tmp_path):
     result = run_tiler("qa", out, "--json", "--heatmap", tmp_path / "h.png")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert {"index", "strength", "boundaries", "worst_segments", "segments", "heatmap",
-            "geometry", "size", "remedies"} <= set(data)
+    assert {
+        "index",
+        "strength",
+        "boundaries",
+        "worst_segments",
+        "segments",
+        "heatmap",
+        "geometry",
+        "size",
+        "remedies",
+    } <= set(data)
     assert set(data["index"]) == set(data["strength"]) == set(data["boundaries"]) == set(qa.KINDS)
-    assert {"x0", "y0", "ratio", "position", "orientation", "kinds"} <= set(data["worst_segments"][0])
+    assert {"x0", "y0", "ratio", "position", "orientation", "kinds"} <= set(
+        data["worst_segments"][0]
+    )
     assert data["heatmap"] == str(tmp_path / "h.png") and (tmp_path / "h.png").is_file()
     again = run_tiler("qa", out, "--heatmap", tmp_path / "h.png")  # refuses to overwrite
     assert again.returncode == 1 and len(shown_lines(again.stderr)) == 1

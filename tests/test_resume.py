@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from conftest import done_count, kill_part_way, make_raster, read_raster, run_tiler, shown_lines
+from conftest import (
+    done_count,
+    kill_part_way,
+    make_raster,
+    read_raster,
+    run_tiler,
+    shown_lines,
+)
 
 # Regions of 32 px on one worker: enough units (tens of ms each) to kill the run part-way.
 RUN = ("--model", "bicubic", "--tile", "32", "--region", "32", "--workers", "1")
@@ -34,14 +40,21 @@ def done_array(workdir: Path, stage: str) -> np.ndarray:
 def chunk_identities(folder: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime) of every chunk file: Zarr writes a new file and renames it over the old one,
     so a rewritten chunk gets a new inode."""
-    return {str(path.relative_to(folder)): (path.stat().st_ino, path.stat().st_mtime_ns)
-            for path in folder.rglob("*") if path.is_file() and ".partial" not in path.name}
+    return {
+        str(path.relative_to(folder)): (path.stat().st_ino, path.stat().st_mtime_ns)
+        for path in folder.rglob("*")
+        if path.is_file() and ".partial" not in path.name
+    }
 
 
-@pytest.mark.parametrize("size, extra, data_array", [
-    (320, (), "output"),                  # halo 0: regions write straight into `output`
-    (256, ("--halo", "8"), "regions"),    # halo: regions, then an assemble stage
-], ids=["no-halo", "halo"])
+@pytest.mark.parametrize(
+    "size, extra, data_array",
+    [
+        (320, (), "output"),  # halo 0: regions write straight into `output`
+        (256, ("--halo", "8"), "regions"),  # halo: regions, then an assemble stage
+    ],
+    ids=["no-halo", "halo"],
+)
 def test_killed_run_resumes_to_the_same_output(tmp_path, size, extra, data_array):
     src = make_raster(tmp_path / "in.tif", width=size, height=size, count=3, dtype="uint8")
     args = (*RUN, *extra)
@@ -62,7 +75,8 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, size, extra, data_array
     finished = int(done.sum())
     assert finished == done_count(workdir, "process")
     assert KILL_AFTER <= finished < total, (
-        f"{finished}/{total} regions done at the kill: make the input larger")
+        f"{finished}/{total} regions done at the kill: make the input larger"
+    )
     if extra:
         assert done_count(workdir, "assemble") == 0  # killed while processing
     kept = chunk_identities(workdir / data_array / "c")
@@ -101,14 +115,16 @@ def test_pending_units_are_the_flags_not_set(tmp_path):
     a crash interrupted (a stale temporary file) left behind."""
     import numpy as np
 
-    from tiler import engine
-    from tiler.store import Workdir
-    from tiler.upscale import plan_upscale
+    from tiler.tasks import plan_upscale
+    from tiler.workdir import arrays as engine
+    from tiler.workdir.store import Workdir
 
     src = make_raster(tmp_path / "in.tif", width=60, height=50)
     plan = plan_upscale(src, tmp_path / "out.tif", model="nearest", scale=2, tile=8, region=16)
     shape = plan.tile_grid().region_shape
-    workdir, _ = Workdir.open_or_create(tmp_path / "work", plan, engine.done_specs({"process": shape}))
+    workdir, _ = Workdir.open_or_create(
+        tmp_path / "work", plan, engine.done_specs({"process": shape})
+    )
     assert workdir.pending("process") == [tuple(i) for i in np.ndindex(shape)]
     for index in [(0, 1), (2, 3), (3, 0)]:
         workdir.mark_done("process", index)

@@ -17,12 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_raster
-from tiler.qa import seam_report
+
+from tiler.qa.seams import seam_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from seam_baseline import independent_tiles_feathered, synthetic_image, tiler_fused, tile_seams  # noqa: E402
+from seam_baseline import (  # noqa: E402
+    independent_tiles_feathered,
+    synthetic_image,
+    tile_seams,
+    tiler_fused,
+)
 
 GEOMETRY = dict(tile=16, overlap=4, steps=3)  # latent (= input) px; stride 12
 
@@ -39,17 +44,21 @@ def one_thread():
 
 @pytest.mark.parametrize("width, height, seed", [(48, 48, 0), (48, 48, 1), (40, 56, 2)])
 def test_fused_sampling_has_weaker_tile_seams_than_independent_feathered_tiles(
-        tmp_path, tiny_model, width, height, seed):
+    tmp_path, tiny_model, width, height, seed
+):
     src = make_raster(tmp_path / "in.tif", data=synthetic_image(width, height, seed=width))
     # one region and one decode tile covering the raster: only tile boundaries are inside it
     # (workers=2 keeps tiler at one torch thread per worker on CPU)
-    tiler_fused(src, tmp_path / "tiler.tif", tiny_model, seed=seed, decode_halo=8, workers=2,
-                **GEOMETRY)
+    tiler_fused(
+        src, tmp_path / "tiler.tif", tiny_model, seed=seed, decode_halo=8, workers=2, **GEOMETRY
+    )
     independent_tiles_feathered(src, tmp_path / "baseline.tif", tiny_model, seed=seed, **GEOMETRY)
     fused_index, fused, report = tile_seams(tmp_path / "tiler.tif")
     baseline_index, baseline, baseline_report = tile_seams(tmp_path / "baseline.tif")
-    print(f"{width}x{height} seed {seed}: fused index {fused_index:.3f} (strength {fused:.3f}), "
-          f"baseline index {baseline_index:.3f} (strength {baseline:.3f})")
+    print(
+        f"{width}x{height} seed {seed}: fused index {fused_index:.3f} (strength {fused:.3f}), "
+        f"baseline index {baseline_index:.3f} (strength {baseline:.3f})"
+    )
     # both reports measured the same tile boundaries (from the TILER_PLAN each output carries)
     assert report.boundaries["tile"] == baseline_report.boundaries["tile"] > 0
     assert report.boundaries["region"] == baseline_report.boundaries["region"] == 0
@@ -63,15 +72,16 @@ def test_fused_sampling_has_weaker_tile_seams_than_independent_feathered_tiles(
 def test_decode_seams_show_without_a_decode_halo_and_fade_with_the_default(tmp_path, tiny_model):
     """The seam report's decode kind: windows decoded alone (halo 0) leave steps where their cores
     meet; the default decode halo hides them (tiny random model: index about 3.7 vs 0.95 to 1.0)."""
-    from tiler.tasks.superres import DEFAULTS
+    from tiler.ldm.options import DEFAULTS
 
     src = make_raster(tmp_path / "in.tif", data=synthetic_image(88, 80, seed=7))
     strengths = {}
     for halo in (0, DEFAULTS["decode_halo"]):
         out = tmp_path / f"halo{halo}.tif"
         # decode tiles of 22 latent px: lines at 22, 44, 66 (88 is also a tile line)
-        tiler_fused(src, out, tiny_model, seed=0, decode_tile=22, decode_halo=halo, workers=2,
-                    **GEOMETRY)
+        tiler_fused(
+            src, out, tiny_model, seed=0, decode_tile=22, decode_halo=halo, workers=2, **GEOMETRY
+        )
         report = seam_report(out)
         assert report.boundaries["decode"] == 6 and report.geometry.decode_tile == 22
         strengths[halo] = report.strength["decode"]

@@ -9,22 +9,44 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import (
+    ROTATED,
+    kill_part_way,
+    make_raster,
+    read_raster,
+    run_tiler,
+    shown_lines,
+)
 
-from conftest import NORTH_UP, ROTATED, kill_part_way, make_raster, read_raster, run_tiler, shown_lines
 from tiler.errors import BadParameter
-from tiler.tasks.superres import DiffusionOptions, RuntimeOptions
-from tiler.upscale import plan_upscale, run_upscale
+from tiler.execution.run import run_plan
+from tiler.ldm.options import DiffusionOptions, RuntimeOptions
+from tiler.tasks import plan_upscale
 
 # Small geometry: several regions with halos, several overlapping tiles per region.
 GRID = dict(tile=16, overlap=4, region=24, halo=4)
 FAST = DiffusionOptions(steps=3, decode_tile=16, decode_halo=4)
-CLI_GRID = ("--tile", "16", "--overlap", "4", "--region", "24", "--halo", "4", "--steps", "3",
-            "--decode-tile", "16", "--decode-halo", "4")
+CLI_GRID = (
+    "--tile",
+    "16",
+    "--overlap",
+    "4",
+    "--region",
+    "24",
+    "--halo",
+    "4",
+    "--steps",
+    "3",
+    "--decode-tile",
+    "16",
+    "--decode-halo",
+    "4",
+)
 
 
 def superres(src, dst, model, diffusion=FAST, batch_size=None, workers=1, **options):
     plan = plan_upscale(src, dst, model=str(model), diffusion=diffusion, **(GRID | options))
-    run_upscale(plan, workers=workers, runtime=RuntimeOptions(device="cpu", batch_size=batch_size))
+    run_plan(plan, workers=workers, runtime=RuntimeOptions(device="cpu", batch_size=batch_size))
     return read_raster(dst)
 
 
@@ -89,17 +111,35 @@ def test_bad_band_count_scale_and_tile_are_usage_errors(tmp_path, tiny_model):
     with pytest.raises(BadParameter, match="takes 3 bands"):
         plan_upscale(src, tmp_path / "o.tif", model=str(tiny_model), diffusion=FAST)
     with pytest.raises(BadParameter, match="upscales by 4"):
-        plan_upscale(src, tmp_path / "o.tif", model=str(tiny_model), bands="1,2,3", scale=2,
-                     diffusion=FAST)
+        plan_upscale(
+            src, tmp_path / "o.tif", model=str(tiny_model), bands="1,2,3", scale=2, diffusion=FAST
+        )
     with pytest.raises(BadParameter, match="multiple of 4"):
-        plan_upscale(src, tmp_path / "o.tif", model=str(tiny_model), bands="1,2,3", tile=18, overlap=4,
-                     diffusion=FAST)
+        plan_upscale(
+            src,
+            tmp_path / "o.tif",
+            model=str(tiny_model),
+            bands="1,2,3",
+            tile=18,
+            overlap=4,
+            diffusion=FAST,
+        )
     with pytest.raises(BadParameter, match="draws its own random noise"):
-        plan_upscale(src, tmp_path / "o.tif", model=str(tiny_model), bands="1,2,3",
-                     diffusion=DiffusionOptions(sampler="euler-a"))
+        plan_upscale(
+            src,
+            tmp_path / "o.tif",
+            model=str(tiny_model),
+            bands="1,2,3",
+            diffusion=DiffusionOptions(sampler="euler-a"),
+        )
     with pytest.raises(BadParameter, match="unknown sampler"):
-        plan_upscale(src, tmp_path / "o.tif", model=str(tiny_model), bands="1,2,3",
-                     diffusion=DiffusionOptions(sampler="magic"))
+        plan_upscale(
+            src,
+            tmp_path / "o.tif",
+            model=str(tiny_model),
+            bands="1,2,3",
+            diffusion=DiffusionOptions(sampler="magic"),
+        )
 
 
 def test_value_range_is_global_and_recorded_in_the_plan(tmp_path, tiny_model):
@@ -108,8 +148,12 @@ def test_value_range_is_global_and_recorded_in_the_plan(tmp_path, tiny_model):
     low, high = plan.diffusion.value_range
     data = read_raster(src)[0]
     assert data.min() <= low < high <= data.max()
-    fixed = plan_upscale(src, tmp_path / "o.tif", model=str(tiny_model),
-                         diffusion=DiffusionOptions(value_range="0,65535"))
+    fixed = plan_upscale(
+        src,
+        tmp_path / "o.tif",
+        model=str(tiny_model),
+        diffusion=DiffusionOptions(value_range="0,65535"),
+    )
     assert fixed.diffusion.value_range == (0.0, 65535.0)
     assert fixed.fingerprint != plan.fingerprint
 
@@ -120,16 +164,18 @@ def test_value_range_of_a_large_raster_samples_whole_blocks_over_all_of_it(tmp_p
     With overviews, GDAL's decimated read of them is used."""
     from rasterio.io import DatasetReader
 
-    from tiler import raster
+    from tiler.raster import sources as raster
 
     monkeypatch.setattr(raster, "SAMPLE_PX", 48 * 48)
     monkeypatch.setattr(raster, "SAMPLE_BLOCKS", 12)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:384, 0:512]
-    data = (1000 + 600 * np.sin(xx / 50.0) * np.cos(yy / 70.0)
-            + rng.normal(0, 40, (2, 384, 512))).astype("uint16")
-    src = make_raster(tmp_path / "big.tif", data=data, nodata=0, tiled=True, blockxsize=64,
-                      blockysize=64)
+    data = (
+        1000 + 600 * np.sin(xx / 50.0) * np.cos(yy / 70.0) + rng.normal(0, 40, (2, 384, 512))
+    ).astype("uint16")
+    src = make_raster(
+        tmp_path / "big.tif", data=data, nodata=0, tiled=True, blockxsize=64, blockysize=64
+    )
     windows = []
     original = DatasetReader.read
 
@@ -140,8 +186,9 @@ def test_value_range_of_a_large_raster_samples_whole_blocks_over_all_of_it(tmp_p
     monkeypatch.setattr(DatasetReader, "read", spy)
     low, high = raster.value_range(raster.describe(src), (1, 2))
     assert 10 <= len(windows) <= 12 and all(w is not None for w in windows)
-    assert all(w.col_off % 64 == 0 and w.row_off % 64 == 0 and w.width == w.height == 64
-               for w in windows)
+    assert all(
+        w.col_off % 64 == 0 and w.row_off % 64 == 0 and w.width == w.height == 64 for w in windows
+    )
     assert len({w.col_off for w in windows}) >= 3 and len({w.row_off for w in windows}) >= 3
     true_low, true_high = np.percentile(data, (0.1, 99.9))
     assert abs(low - true_low) < 0.05 * (true_high - true_low)
@@ -156,9 +203,11 @@ def test_value_range_of_a_large_raster_samples_whole_blocks_over_all_of_it(tmp_p
     assert abs(high - true_high) < 0.05 * (true_high - true_low)
 
 
-SUMMARY = re.compile(r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+)(?:, decoder_stats \d+/\d+)?"
-                     r"(?:, block_means \d+/\d+)?, "
-                     r"decode (\d+)/(\d+)")
+SUMMARY = re.compile(
+    r"computed denoise (\d+)/(\d+), assemble (\d+)/(\d+)(?:, decoder_stats \d+/\d+)?"
+    r"(?:, block_means \d+/\d+)?, "
+    r"decode (\d+)/(\d+)"
+)
 
 
 def test_killed_run_resumes_bit_identical(tmp_path, tiny_model):
@@ -168,8 +217,13 @@ def test_killed_run_resumes_bit_identical(tmp_path, tiny_model):
     assert run_tiler("upscale", src, reference, *args).returncode == 0
 
     out = tmp_path / "out.tif"
-    kill_part_way(("upscale", src, out, "-q", *args), Path(f"{out}.tiler"), tmp_path / "log",
-                  stage="denoise", after=2)
+    kill_part_way(
+        ("upscale", src, out, "-q", *args),
+        Path(f"{out}.tiler"),
+        tmp_path / "log",
+        stage="denoise",
+        after=2,
+    )
     assert not out.exists()
     result = run_tiler("upscale", src, out, *args)
     assert result.returncode == 0, result.stderr
@@ -204,17 +258,27 @@ def test_offline_uncached_hub_model_is_a_one_line_error(tmp_path, monkeypatch):
 def test_consecutive_runs_with_one_model_load_it_once(tmp_path, tiny_model, monkeypatch):
     """A workflow runs its files one after the other in one process: the model (and its compiled
     graphs) is loaded once; another model replaces it."""
-    from tiler import models
-    from tiler.tasks.superres import ModelRunner, _loaded_runner
     from tiny_models import save_tiny_sr_model
+
+    from tiler.ldm import loading as models
+    from tiler.ldm.runner import ModelRunner, _loaded_runner
 
     _loaded_runner.cache_clear()
     loads = []
     original = models.load_sr_model
-    monkeypatch.setattr(models, "load_sr_model", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
+    monkeypatch.setattr(
+        models, "load_sr_model", lambda *a, **k: loads.append(a[0]) or original(*a, **k)
+    )
     runtime = RuntimeOptions(device="cpu")
-    plans = [plan_upscale(make_raster(tmp_path / f"in{i}.tif", seed=i), tmp_path / f"out{i}.tif",
-                          model=str(tiny_model), diffusion=FAST) for i in range(2)]
+    plans = [
+        plan_upscale(
+            make_raster(tmp_path / f"in{i}.tif", seed=i),
+            tmp_path / f"out{i}.tif",
+            model=str(tiny_model),
+            diffusion=FAST,
+        )
+        for i in range(2)
+    ]
     first = ModelRunner.load(plans[0], runtime)
     assert ModelRunner.load(plans[1], runtime) is first and len(loads) == 1
     other = save_tiny_sr_model(tmp_path / "other", seed=1)
@@ -229,24 +293,36 @@ def test_shared_decoder_statistics_on_request(tmp_path, tiny_model):
     count; --decode-norm window decodes each window with its own statistics."""
     from dataclasses import replace
 
-    from tiler.tasks.superres import stages
+    from tiler.tasks import stages
 
     src = make_raster(tmp_path / "in.tif", width=40, height=30, dtype="uint8")
     shared = replace(FAST, decode_norm="shared")
     plan = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=shared, **GRID)
-    assert plan.diffusion.shared_norm and stages(plan) == ("denoise", "assemble", "decoder_stats", "block_means",
-                                                      "decode")
+    assert plan.diffusion.shared_norm and stages(plan) == (
+        "denoise",
+        "assemble",
+        "decoder_stats",
+        "block_means",
+        "decode",
+    )
     default = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=FAST, **GRID)
     assert default.fingerprint == plan.fingerprint
     per_window = replace(FAST, decode_norm="window")
     own = plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model), diffusion=per_window, **GRID)
     assert not own.diffusion.shared_norm and "decoder_stats" not in stages(own)
     assert own.fingerprint != plan.fingerprint
-    small, _ = superres(src, tmp_path / "small.tif", tiny_model, diffusion=shared, chunk=8, workers=2)
+    small, _ = superres(
+        src, tmp_path / "small.tif", tiny_model, diffusion=shared, chunk=8, workers=2
+    )
     large, _ = superres(src, tmp_path / "large.tif", tiny_model, diffusion=shared, chunk=64)
     window, _ = superres(src, tmp_path / "window.tif", tiny_model, diffusion=per_window)
     np.testing.assert_array_equal(small, large)
     assert (small != window).mean() > 0.1
-    with pytest.raises(BadParameter, match="--decode-norm"):
-        plan_upscale(src, tmp_path / "p.tif", model=str(tiny_model),
-                     diffusion=replace(FAST, decode_norm="global"), **GRID)
+    with pytest.raises(BadParameter, match="decode_norm"):
+        plan_upscale(
+            src,
+            tmp_path / "p.tif",
+            model=str(tiny_model),
+            diffusion=replace(FAST, decode_norm="global"),
+            **GRID,
+        )

@@ -9,22 +9,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import NORTH_UP, assert_resumes_after_kill, make_raster, read_raster, run_tiler, shown_lines
+from conftest import (
+    NORTH_UP,
+    assert_resumes_after_kill,
+    make_raster,
+    read_raster,
+    run_tiler,
+    shown_lines,
+)
 from test_errors import assert_no_output, assert_one_error
 from test_inpaint import CLI, FAST, GRID  # the same small grid and sampling
-from tiler.cluster import ExecutionOptions
-from tiler.synthesize import plan_synthesize
-from tiler.tasks.superres import RuntimeOptions
-from tiler.upscale import run_upscale
 from tiny_models import save_tiny_synthesis_model
+
+from tiler.execution.cluster import ExecutionOptions
+from tiler.execution.run import run_plan
+from tiler.ldm.options import RuntimeOptions
+from tiler.tasks.synthesis import plan_synthesize
 
 CLASSES = 6
 
 
 @pytest.fixture(scope="module")
 def synthesis_model(tmp_path_factory) -> Path:
-    return save_tiny_synthesis_model(tmp_path_factory.mktemp("models") / "tiny-synthesis", classes=CLASSES)
+    return save_tiny_synthesis_model(
+        tmp_path_factory.mktemp("models") / "tiny-synthesis", classes=CLASSES
+    )
 
 
 def land_cover(path, height=38, width=45, values=(11, 21, 41, 90), nodata=None, dtype="uint8"):
@@ -35,7 +44,9 @@ def land_cover(path, height=38, width=45, values=(11, 21, 41, 90), nodata=None, 
 
 
 def write_classes(path, mapping: dict) -> Path:
-    path.write_text("".join(f"{key}: {'null' if value is None else value}\n" for key, value in mapping.items()))
+    path.write_text(
+        "".join(f"{key}: {'null' if value is None else value}\n" for key, value in mapping.items())
+    )
     return path
 
 
@@ -43,10 +54,14 @@ NLCD = {11: 0, 21: 3, 41: 5, 90: 2}
 
 
 def synthesize(labels, out, model, classes=None, batch_size=None, workers=1, **grid):
-    plan = plan_synthesize(labels, out, model=str(model), classes_file=classes, diffusion=FAST,
-                           **(GRID | grid))
-    run_upscale(plan, runtime=RuntimeOptions(device="cpu", batch_size=batch_size),
-                execution=ExecutionOptions(cluster="threads", workers=workers))
+    plan = plan_synthesize(
+        labels, out, model=str(model), classes_file=classes, diffusion=FAST, **(GRID | grid)
+    )
+    run_plan(
+        plan,
+        runtime=RuntimeOptions(device="cpu", batch_size=batch_size),
+        execution=ExecutionOptions(cluster="threads", workers=workers),
+    )
     return read_raster(out), plan
 
 
@@ -96,12 +111,18 @@ def test_conditioning_is_compvis_rescaler_and_tiles_exactly(synthesis_model):
     import torch.nn.functional as F
     from safetensors.numpy import load_file
 
-    from tiler.labels import LabelConditioner
-    from tiler.plan import LabelPlan
+    from tiler.tasks.synthesis import LabelConditioner
+    from tiler.workdir.plan import LabelPlan
 
-    weight = load_file(str(synthesis_model / "cond_stage" / "label_rescaler.safetensors"))["channel_mapper.weight"]
-    plan = LabelPlan(classes=CLASSES, mapping=tuple((v, v) for v in range(CLASSES)), labelled_px=1,
-                     unlabelled_px=0)
+    weight = load_file(str(synthesis_model / "cond_stage" / "label_rescaler.safetensors"))[
+        "channel_mapper.weight"
+    ]
+    plan = LabelPlan(
+        classes=CLASSES,
+        mapping=tuple((v, v) for v in range(CLASSES)),
+        labelled_px=1,
+        unlabelled_px=0,
+    )
     conditioner = LabelConditioner(plan, None, weight, 2, 0.5, "bilinear")
     labels = np.random.default_rng(0).integers(0, CLASSES, size=(1, 64, 96))
 
@@ -120,12 +141,16 @@ def test_conditioning_is_compvis_rescaler_and_tiles_exactly(synthesis_model):
 def test_batch_size_and_workers_do_not_change_a_bit(tmp_path, synthesis_model):
     labels, _ = land_cover(tmp_path / "labels.tif", values=(0, 1, 2, 3, 4, 5))
     (one, _), _ = synthesize(labels, tmp_path / "one.tif", synthesis_model, batch_size=1)
-    (many, _), _ = synthesize(labels, tmp_path / "many.tif", synthesis_model, batch_size=7, workers=2)
+    (many, _), _ = synthesize(
+        labels, tmp_path / "many.tif", synthesis_model, batch_size=7, workers=2
+    )
     np.testing.assert_array_equal(one, many)
 
 
 def test_killed_run_resumes_to_the_same_output(tmp_path, synthesis_model):
-    labels, _ = land_cover(tmp_path / "labels.tif", height=128, width=128, values=(0, 1, 2, 3, 4, 5))
+    labels, _ = land_cover(
+        tmp_path / "labels.tif", height=128, width=128, values=(0, 1, 2, 3, 4, 5)
+    )
     args = ("--model", synthesis_model, *CLI, "--steps", "6", "--workers", "1")
     assert_resumes_after_kill("synthesize", labels, args, tmp_path, regions=16)
 
@@ -134,7 +159,9 @@ def test_cli_runs_and_the_seam_report_reads_the_output(tmp_path, synthesis_model
     labels, _ = land_cover(tmp_path / "labels.tif", height=40, width=48)
     classes = write_classes(tmp_path / "classes.yaml", NLCD)
     out = tmp_path / "out.tif"
-    ok = run_tiler("synthesize", labels, out, "--model", synthesis_model, "--classes", classes, *CLI)
+    ok = run_tiler(
+        "synthesize", labels, out, "--model", synthesis_model, "--classes", classes, *CLI
+    )
     assert ok.returncode == 0, ok.stderr
     assert shown_lines(ok.stderr)[-1].startswith(f"tiler: wrote {out}")
     result = run_tiler("qa", out, "--json")
@@ -149,8 +176,11 @@ def test_label_mapping_errors(tmp_path, synthesis_model, tiny_model):
     target = tmp_path / "new.tif"
 
     def refused(*args, code=1):
-        return assert_one_error(run_tiler("synthesize", labels, target, "--model", synthesis_model,
-                                          *args, *CLI), code, *map(str, args[1:2]))
+        return assert_one_error(
+            run_tiler("synthesize", labels, target, "--model", synthesis_model, *args, *CLI),
+            code,
+            *map(str, args[1:2]),
+        )
 
     partial = write_classes(tmp_path / "partial.yaml", {11: 0, 21: 1})
     line = refused("--classes", partial)
@@ -160,33 +190,55 @@ def test_label_mapping_errors(tmp_path, synthesis_model, tiny_model):
     big = write_classes(tmp_path / "big.yaml", NLCD | {90: 6})
     assert "90 -> 6" in refused("--classes", big)
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    assert "expected a mapping of raster values to class ids" in refused("--classes", tmp_path / "list.yaml")
+    assert "expected a mapping of raster values to class ids" in refused(
+        "--classes", tmp_path / "list.yaml"
+    )
     (tmp_path / "names.yaml").write_text("11: water\n")
-    assert "11: 'water': expected an integer class id or null" in refused("--classes", tmp_path / "names.yaml")
+    assert "11: 'water': expected an integer class id or null" in refused(
+        "--classes", tmp_path / "names.yaml"
+    )
     (tmp_path / "broken.json").write_text("{11: [")
     assert "not a readable YAML or JSON file" in refused("--classes", tmp_path / "broken.json")
     empty = write_classes(tmp_path / "none.yaml", {11: None, 21: None, 41: None, 90: None})
     assert "no px has a class" in refused("--classes", empty)
 
     floats = make_raster(tmp_path / "floats.tif", count=1, dtype="float32")
-    assert_one_error(run_tiler("synthesize", floats, target, "--model", synthesis_model, *CLI), 1,
-                     str(floats), "expected an integer raster of class ids")
+    assert_one_error(
+        run_tiler("synthesize", floats, target, "--model", synthesis_model, *CLI),
+        1,
+        str(floats),
+        "expected an integer raster of class ids",
+    )
     rgb = make_raster(tmp_path / "rgb.tif", count=3)
-    assert_one_error(run_tiler("synthesize", rgb, target, "--model", synthesis_model, "-b", "1,2", *CLI),
-                     1, "2 bands selected", "expected one band")
-    assert_one_error(run_tiler("synthesize", labels, target, "--model", tiny_model, *CLI), 1,
-                     "tiler.yaml: missing")
+    assert_one_error(
+        run_tiler("synthesize", rgb, target, "--model", synthesis_model, "-b", "1,2", *CLI),
+        1,
+        "2 bands selected",
+        "expected one band",
+    )
+    assert_one_error(
+        run_tiler("synthesize", labels, target, "--model", tiny_model, *CLI),
+        1,
+        "tiler.yaml: missing",
+    )
     assert_no_output(target)
 
 
 def test_signed_labels_with_nodata_are_scanned_and_mapped(tmp_path, synthesis_model):
     """int16 codes (negative ones too) with a nodata value: every value found is mapped, nodata
     px are counted as without a class, and the plan holds only the values present."""
-    labels, values = land_cover(tmp_path / "labels.tif", values=(-5, 300, 7, -9999), dtype="int16",
-                                nodata=-9999)
+    labels, values = land_cover(
+        tmp_path / "labels.tif", values=(-5, 300, 7, -9999), dtype="int16", nodata=-9999
+    )
     classes = write_classes(tmp_path / "classes.yaml", {-5: 1, 300: 2, 7: None, 12: 3})
-    plan = plan_synthesize(labels, tmp_path / "out.tif", model=str(synthesis_model),
-                           classes_file=classes, diffusion=FAST, **GRID)
+    plan = plan_synthesize(
+        labels,
+        tmp_path / "out.tif",
+        model=str(synthesis_model),
+        classes_file=classes,
+        diffusion=FAST,
+        **GRID,
+    )
     assert plan.labels.mapping == ((-5, 1), (7, None), (300, 2))
     no_class = int(((values == -9999) | (values == 7)).sum())
     assert plan.labels.unlabelled_px == no_class and plan.output.nodata == 0

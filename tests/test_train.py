@@ -13,15 +13,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_raster, read_raster, run_tiler, shown_lines
 from safetensors.numpy import load_file
 
-from conftest import make_raster, read_raster, run_tiler, shown_lines
 from tiler.errors import BadParameter, InputError
-from tiler.grid import Box, Span
+from tiler.geometry.grid import Box, Span
 from tiler.train.data import WindowSampler
 
-TINY = ("--size", "tiny", "--window", "8", "--batch-size", "2", "--first-stage-window", "16",
-        "--first-stage-batch-size", "2", "--device", "cpu")
+TINY = (
+    "--size",
+    "tiny",
+    "--window",
+    "8",
+    "--batch-size",
+    "2",
+    "--first-stage-window",
+    "16",
+    "--first-stage-batch-size",
+    "2",
+    "--device",
+    "cpu",
+)
 
 
 @pytest.fixture
@@ -41,7 +53,9 @@ def test_superres_folder_loads_through_tiler_upscale(scene, tmp_path):
     card = (model / "README.md").read_text()
     assert "CC0 test data" in card and "tiler train superres" in card and "scene.tif" in card
     assert not list(model.rglob("*.bin")) and list(model.rglob("*.safetensors"))
-    small = make_raster(tmp_path / "small.tif", width=20, height=16, count=3, dtype="uint16", seed=3)
+    small = make_raster(
+        tmp_path / "small.tif", width=20, height=16, count=3, dtype="uint16", seed=3
+    )
     out = tmp_path / "up.tif"
     upscaled = run_tiler("upscale", small, out, "--model", model, "--steps", "2", "-q")
     assert upscaled.returncode == 0, upscaled.stderr
@@ -53,25 +67,42 @@ def test_inpaint_folder_loads_through_tiler_inpaint(scene, tmp_path):
     result = train("inpaint", [scene], model, "--steps", "3", "-q")
     assert result.returncode == 0, result.stderr
     assert "task: inpaint" in (model / "tiler.yaml").read_text()
-    small = make_raster(tmp_path / "small.tif", width=24, height=24, count=3, dtype="uint16", seed=3)
+    small = make_raster(
+        tmp_path / "small.tif", width=24, height=24, count=3, dtype="uint16", seed=3
+    )
     fill = np.zeros((1, 24, 24), np.uint8)
     fill[0, 8:16, 4:12] = 1
     mask = make_raster(tmp_path / "mask.tif", data=fill)
     out = tmp_path / "filled.tif"
-    filled = run_tiler("inpaint", small, out, "--model", model, "--mask", mask, "--steps", "2", "-q")
+    filled = run_tiler(
+        "inpaint", small, out, "--model", model, "--mask", mask, "--steps", "2", "-q"
+    )
     assert filled.returncode == 0, filled.stderr
     before, after = read_raster(small)[0], read_raster(out)[0]
     assert np.array_equal(before[:, fill[0] == 0], after[:, fill[0] == 0])
 
 
 def test_resumes_after_sigkill_to_the_uninterrupted_weights(scene, tmp_path):
-    args = ["superres", scene, *TINY, "--steps", "30", "--first-stage-steps", "10",
-            "--checkpoint-minutes", "0.001", "-q"]
+    args = [
+        "superres",
+        scene,
+        *TINY,
+        "--steps",
+        "30",
+        "--first-stage-steps",
+        "10",
+        "--checkpoint-minutes",
+        "0.001",
+        "-q",
+    ]
     reference = run_tiler("train", *args, "-o", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "resumed"
-    process = subprocess.Popen([sys.executable, "-m", "tiler", "train", *map(str, args), "-o", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tiler", "train", *map(str, args), "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = Path(f"{out}.train") / "unet.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -90,7 +121,8 @@ def test_resumes_after_sigkill_to_the_uninterrupted_weights(scene, tmp_path):
 
 
 def test_held_out_areas_are_never_read(scene):
-    # scene: 96 x 80 px, transform origin (500000, 4600000), 10 m px; hold out px cols 20..60, rows 10..50
+    # scene: 96 x 80 px, transform origin (500000, 4600000), 10 m px; hold out px cols 20..60, rows
+    # 10..50
     hold_out = ((500200.0, 4599500.0, 500600.0, 4599900.0),)
     sampler = WindowSampler.open([scene], None, None, hold_out, (16,), seed=1)
     held = Box(Span(10, 50), Span(20, 60))
@@ -124,13 +156,28 @@ def test_bad_training_inputs_name_the_problem(scene, tmp_path):
     cases = [
         ([empty], None, (), InputError, "no rasters to train on"),
         ([tmp_path / "missing.tif"], None, (), InputError, "no such file or folder"),
-        ([make_raster(tmp_path / "two.tif", count=2, width=64, height=64)], None, (), BadParameter,
-         "-b/--bidx"),
-        ([make_raster(tmp_path / "tiny.tif", width=12, height=12)], None, (), InputError,
-         "smaller than the training window"),
+        (
+            [make_raster(tmp_path / "two.tif", count=2, width=64, height=64)],
+            None,
+            (),
+            BadParameter,
+            "invalid value for bands",
+        ),
+        (
+            [make_raster(tmp_path / "tiny.tif", width=12, height=12)],
+            None,
+            (),
+            InputError,
+            "smaller than the training window",
+        ),
         ([scene], "4", (), BadParameter, "out of range"),
-        ([scene], None, ((499000.0, 4590000.0, 510000.0, 4610000.0),), InputError,
-         "lies outside the held-out areas"),
+        (
+            [scene],
+            None,
+            ((499000.0, 4590000.0, 510000.0, 4610000.0),),
+            InputError,
+            "lies outside the held-out areas",
+        ),
     ]
     for sources, bands, hold_out, error, text in cases:
         with pytest.raises(error, match=re.escape(text)):
@@ -166,7 +213,9 @@ def test_the_bundled_models_training_never_reads_the_demo_sample():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
     from prepare_data import HOLD_OUT
 
-    with rasterio.open(Path(__file__).resolve().parent.parent / "samples" / "sentinel2_rgb.tif") as src:
+    with rasterio.open(
+        Path(__file__).resolve().parent.parent / "samples" / "sentinel2_rgb.tif"
+    ) as src:
         left, bottom, right, top = src.bounds
     held = HOLD_OUT["demo sample"]
     assert held[0] <= left and held[1] <= bottom and held[2] >= right and held[3] >= top

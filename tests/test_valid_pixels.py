@@ -4,7 +4,7 @@ the nearest representable value that is not nodata; nodata px stay the fill."""
 import numpy as np
 import pytest
 
-from tiler.raster import to_pixels
+from tiler.raster.values import to_pixels
 
 CASES = [  # dtype, nodata, computed values (all valid)
     ("uint8", 0, [-3.0, 0.2, 0.49, 7.0]),

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import NORTH_UP, make_raster, read_raster, run_tiler, shown_lines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,19 +22,31 @@ def tiny_inpaint_model(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_inpaint_model
 
     return save_tiny_inpaint_model(tmp_path_factory.mktemp("models") / "tiny-inpaint")
+
+
 @pytest.fixture(scope="module")
 def tiny_synthesis_model(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_synthesis_model
 
     # COCO-Stuff's 182 classes, as the real model (and the example's class mapping)
-    return save_tiny_synthesis_model(tmp_path_factory.mktemp("models") / "tiny-synthesis", classes=182)
+    return save_tiny_synthesis_model(
+        tmp_path_factory.mktemp("models") / "tiny-synthesis", classes=182
+    )
 
 
 # runnable as written (bundled sample and models), then those needing what is not bundled
 RUNNABLE = sorted((REPO / "workflows").glob("*.yaml"))
 EXAMPLES = RUNNABLE + sorted((REPO / "docs" / "examples").glob("*.yaml"))
-TINY_GRID = {"tile": 16, "overlap": 4, "region": 24, "halo": 4, "steps": 2, "decode-tile": 16,
-             "decode-halo": 4, "device": "cpu"}
+TINY_GRID = {
+    "tile": 16,
+    "overlap": 4,
+    "region": 24,
+    "halo": 4,
+    "steps": 2,
+    "decode-tile": 16,
+    "decode-halo": 4,
+    "device": "cpu",
+}
 
 CHAIN = """\
 inputs: ["scans/*.tif"]
@@ -73,8 +84,10 @@ def write_workflow(folder: Path, text: str, name="workflow.yaml") -> Path:
 
 def make_scans(folder: Path, count: int = 3, **options) -> list[Path]:
     (folder / "scans").mkdir(exist_ok=True)
-    return [make_raster(folder / "scans" / f"scan{i}.tif", width=24, height=20, seed=i, **options)
-            for i in range(count)]
+    return [
+        make_raster(folder / "scans" / f"scan{i}.tif", width=24, height=20, seed=i, **options)
+        for i in range(count)
+    ]
 
 
 def mtimes(folder: Path) -> dict[str, int]:
@@ -98,7 +111,9 @@ def test_three_step_chain_then_skip_then_only_affected_steps(tmp_path, tiny_mode
         data, profile = read_raster(final)
         assert (profile["width"], profile["height"]) == (24 * 8, 20 * 8)
         assert profile["transform"].almost_equals(NORTH_UP @ NORTH_UP.scale(1 / 8))
-        np.testing.assert_array_equal(data, read_raster(tmp_path / "out" / f"{scan.stem}_sr_x2.tif")[0])
+        np.testing.assert_array_equal(
+            data, read_raster(tmp_path / "out" / f"{scan.stem}_sr_x2.tif")[0]
+        )
         assert not Path(f"{final}.tiler").exists() and not Path(f"{final}.partial").exists()
     before = mtimes(tmp_path)
 
@@ -111,7 +126,9 @@ def test_three_step_chain_then_skip_then_only_affected_steps(tmp_path, tiny_mode
     assert changed.returncode == 0, changed.stderr
     after = mtimes(tmp_path)
     for scan in scans:
-        assert after[f"out/{scan.stem}_sr.tif"] == before[f"out/{scan.stem}_sr.tif"]  # upstream kept
+        assert (
+            after[f"out/{scan.stem}_sr.tif"] == before[f"out/{scan.stem}_sr.tif"]
+        )  # upstream kept
         assert after[f"out/{scan.stem}_sr_x2.tif"] != before[f"out/{scan.stem}_sr_x2.tif"]
         assert after[f"published/{scan.stem}.tif"] != before[f"published/{scan.stem}.tif"]
         with rasterio.open(tmp_path / "published" / f"{scan.stem}.tif") as src:
@@ -120,9 +137,14 @@ def test_three_step_chain_then_skip_then_only_affected_steps(tmp_path, tiny_mode
 
 def test_export_only_change_recomputes_only_the_export(tmp_path):
     make_scans(tmp_path, count=2)
-    workflow = write_workflow(tmp_path, CHAIN.format(model="bicubic").replace(
-        "    tile: 16\n    overlap: 4\n    region: 24\n    halo: 4\n    steps: 2\n"
-        "    decode-tile: 16\n    decode-halo: 4\n", "    scale: 2\n"))
+    workflow = write_workflow(
+        tmp_path,
+        CHAIN.format(model="bicubic").replace(
+            "    tile: 16\n    overlap: 4\n    region: 24\n    halo: 4\n    steps: 2\n"
+            "    decode-tile: 16\n    decode-halo: 4\n",
+            "    scale: 2\n",
+        ),
+    )
     assert run_tiler("run", workflow, "-q").returncode == 0
     before = mtimes(tmp_path)
     result = run_tiler("run", workflow, "--set", "steps[2].co.COMPRESS=ZSTD")
@@ -185,7 +207,9 @@ def test_two_files_writing_one_output_is_refused(tmp_path):
     text = GOOD.replace("{stem}_x4", "all_x4")
     result = run_tiler("run", write_workflow(tmp_path, text))
     assert result.returncode == 2
-    assert "steps[0].output" in result.stderr and "put {stem} in the output template" in result.stderr
+    assert (
+        "steps[0].output" in result.stderr and "put {stem} in the output template" in result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -194,8 +218,9 @@ def example_id(path: Path) -> str:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[example_id(path) for path in EXAMPLES])
-def test_examples_validate_dry_run_and_run(tmp_path, example, tiny_model, tiny_inpaint_model,
-                                           tiny_synthesis_model):
+def test_examples_validate_dry_run_and_run(
+    tmp_path, example, tiny_model, tiny_inpaint_model, tiny_synthesis_model
+):
     """Each example, in a copy of the repository's layout (workflows/ and docs/examples/ as they
     are; small generated rasters where its inputs point: uint16 scenes, label maps for a synthesis
     example, masks where it names them), dry-runs, then runs (LDM steps on the tiny models: the
@@ -212,18 +237,25 @@ def test_examples_validate_dry_run_and_run(tmp_path, example, tiny_model, tiny_i
     for pattern in data["inputs"]:
         if not pattern.endswith(".tif"):
             continue  # e.g. "../samples/*.png": a glob that may match nothing
-        names = [pattern.replace("*", f"scan{i}") for i in range(2)] if "*" in pattern else [pattern]
+        names = (
+            [pattern.replace("*", f"scan{i}") for i in range(2)] if "*" in pattern else [pattern]
+        )
         for seed, name in enumerate(names):
             path = base / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            scans.append(make_landcover(path, 20, 24, seed=seed) if synthesis else
-                         make_raster(path, width=24, height=20, dtype="uint16", seed=seed))
+            scans.append(
+                make_landcover(path, 20, 24, seed=seed)
+                if synthesis
+                else make_raster(path, width=24, height=20, dtype="uint16", seed=seed)
+            )
     for step in data["steps"]:
         if step.get("mask"):
             for scan in scans:
                 make_mask(base / fill_template(step["mask"], scan, step["name"]), 20, 24)
-    overrides = model_overrides(data, {"upscale": tiny_model, "inpaint": tiny_inpaint_model,
-                                       "synthesize": tiny_synthesis_model})
+    overrides = model_overrides(
+        data,
+        {"upscale": tiny_model, "inpaint": tiny_inpaint_model, "synthesize": tiny_synthesis_model},
+    )
     before = sorted(tmp_path.rglob("*"))
     dry = run_tiler("run", workflow, "--dry-run", *overrides)
     assert dry.returncode == 0, dry.stdout + dry.stderr
@@ -242,7 +274,7 @@ def test_examples_dry_run_as_written_from_the_repository_root(example):
     bundled sample, its cloud mask and the bundled models are where the example says."""
     import yaml
 
-    from tiler.resample import KERNELS
+    from tiler.geometry.resample import KERNELS
 
     for step in yaml.safe_load(example.read_text())["steps"]:
         if step["task"] == "export" or step.get("model") in KERNELS:
@@ -250,16 +282,19 @@ def test_examples_dry_run_as_written_from_the_repository_root(example):
         folder = Path(os.path.abspath(example.parent / step.get("model", "")))
         assert folder.parent == REPO / "models", f"step {step['name']}: not a bundled model"
         if not folder.is_dir():
-            pytest.skip(f"bundled model {folder.relative_to(REPO)} is missing (it is committed "
-                        "with the repository once trained)")
+            pytest.skip(
+                f"bundled model {folder.relative_to(REPO)} is missing (it is committed "
+                "with the repository once trained)"
+            )
     result = run_tiler("run", example.relative_to(REPO), "--dry-run", cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "total: 1 files" in result.stdout  # samples/sentinel2_rgb.tif
 
 
 def fill_template(template: str, input_file: Path, step: str) -> str:
-    return template.format(stem=input_file.stem, name=input_file.name,
-                           input_dir=input_file.parent, step=step)
+    return template.format(
+        stem=input_file.stem, name=input_file.name, input_dir=input_file.parent, step=step
+    )
 
 
 def make_mask(path: Path, height: int, width: int):
@@ -280,7 +315,7 @@ def make_landcover(path: Path, height: int, width: int, seed: int):
 
 def model_overrides(data: dict, tiny_models: dict[str, Path]) -> list[str]:
     """--set options pointing the workflow's LDM steps at the tiny models, with a small grid."""
-    from tiler.resample import KERNELS
+    from tiler.geometry.resample import KERNELS
 
     overrides = []
     for index, step in enumerate(data["steps"]):
@@ -291,14 +326,28 @@ def model_overrides(data: dict, tiny_models: dict[str, Path]) -> list[str]:
             model = tiny_models["upscale"]
         if model is not None:
             overrides += ["--set", f"steps[{index}].model={model}"]
-            grid = TINY_GRID | ({"tile": 8, "overlap": 2, "region": 8, "halo": 2, "decode-tile": 8,
-                                 "decode-halo": 2} if step["task"] != "upscale" else {})
-            overrides += [part for key, value in grid.items()
-                          for part in ("--set", f"steps[{index}].{key}={value}")]
+            grid = TINY_GRID | (
+                {
+                    "tile": 8,
+                    "overlap": 2,
+                    "region": 8,
+                    "halo": 2,
+                    "decode-tile": 8,
+                    "decode-halo": 2,
+                }
+                if step["task"] != "upscale"
+                else {}
+            )
+            overrides += [
+                part
+                for key, value in grid.items()
+                for part in ("--set", f"steps[{index}].{key}={value}")
+            ]
     return overrides
 
 
-# --- schema errors: file:line, key path, value, what is allowed --------------------------------------
+# --- schema errors: file:line, key path, value, what is allowed
+# --------------------------------------
 GOOD = """\
 inputs: ["scans/*.tif"]
 steps:
@@ -310,23 +359,69 @@ steps:
 """
 
 
-@pytest.mark.parametrize("edit, line, fragments", [
-    (("    scale: 4", "    scale: 40"), 6, ["steps[0].scale", "40", "less than or equal to 16"]),
-    (("    scale: 4", "    scale: 4\n    overlapp: 2"), 7, ["steps[0].overlapp", "unknown key",
-                                                          "did you mean 'overlap'"]),
-    (("    task: upscale", "    task: upscal"), 4, ["steps[0].task", "'upscal' is not a task",
-                                                    "upscale, inpaint, synthesize, export"]),
-    (('"out/{stem}_x4.tif"', '"out/{stme}_x4.tif"'), 7, ["steps[0].output", "{stme}", "{stem}"]),
-    (('    output: "out/{stem}_x4.tif"\n', ""), 3, ["steps[0].output", "missing"]),
-    (("steps:", "cluster: {cluster: yarn}\nsteps:"), 2, ["cluster.cluster", "'yarn'", "'local'"]),
-    (("steps:", "defaults: {overlapp: 2}\nsteps:"), 2, ["defaults.overlapp", "did you mean 'overlap'"]),
-    (("    scale: 4", "    scale: 4\n    scale: 5"), 7, ["steps[0].scale", "duplicate key"]),
-    (("    scale: 4", "    scale: [4"), 7, ["not valid YAML"]),
-    (("inputs:", "inputz:"), 1, ["inputz", "unknown key"]),
-    (("    task: upscale\n    model: nearest\n    scale: 4", "    task: inpaint\n    model: m"), 3,
-     ["steps[0]: steps with task inpaint need exactly one of mask, mask-nodata, mask-band; got none"]),
-], ids=["value", "unknown-key", "task", "template", "missing", "cluster", "defaults", "duplicate",
-        "yaml", "top-level", "inpaint-mask"])
+@pytest.mark.parametrize(
+    "edit, line, fragments",
+    [
+        (
+            ("    scale: 4", "    scale: 40"),
+            6,
+            ["steps[0].scale", "40", "less than or equal to 16"],
+        ),
+        (
+            ("    scale: 4", "    scale: 4\n    overlapp: 2"),
+            7,
+            ["steps[0].overlapp", "unknown key", "did you mean 'overlap'"],
+        ),
+        (
+            ("    task: upscale", "    task: upscal"),
+            4,
+            ["steps[0].task", "'upscal' is not a task", "upscale, inpaint, synthesize, export"],
+        ),
+        (
+            ('"out/{stem}_x4.tif"', '"out/{stme}_x4.tif"'),
+            7,
+            ["steps[0].output", "{stme}", "{stem}"],
+        ),
+        (('    output: "out/{stem}_x4.tif"\n', ""), 3, ["steps[0].output", "missing"]),
+        (
+            ("steps:", "cluster: {cluster: yarn}\nsteps:"),
+            2,
+            ["cluster.cluster", "'yarn'", "'local'"],
+        ),
+        (
+            ("steps:", "defaults: {overlapp: 2}\nsteps:"),
+            2,
+            ["defaults.overlapp", "did you mean 'overlap'"],
+        ),
+        (("    scale: 4", "    scale: 4\n    scale: 5"), 7, ["steps[0].scale", "duplicate key"]),
+        (("    scale: 4", "    scale: [4"), 7, ["not valid YAML"]),
+        (("inputs:", "inputz:"), 1, ["inputz", "unknown key"]),
+        (
+            (
+                "    task: upscale\n    model: nearest\n    scale: 4",
+                "    task: inpaint\n    model: m",
+            ),
+            3,
+            [
+                "steps[0]: steps with task inpaint need exactly one of mask, mask-nodata, "
+                "mask-band; got none"
+            ],
+        ),
+    ],
+    ids=[
+        "value",
+        "unknown-key",
+        "task",
+        "template",
+        "missing",
+        "cluster",
+        "defaults",
+        "duplicate",
+        "yaml",
+        "top-level",
+        "inpaint-mask",
+    ],
+)
 def test_schema_errors_name_file_line_and_key_path(tmp_path, edit, line, fragments):
     make_scans(tmp_path, count=1)
     workflow = write_workflow(tmp_path, GOOD.replace(*edit))
@@ -346,12 +441,17 @@ def test_every_schema_error_is_reported_at_once(tmp_path):
     result = run_tiler("run", write_workflow(tmp_path, text))
     errors = [entry for entry in shown_lines(result.stderr) if entry.startswith("tiler: error: ")]
     assert [re.search(r"steps\[0\]\.\w+", e).group() for e in errors] == [
-        "steps[0].scale", "steps[0].tile", "steps[0].colour"]
+        "steps[0].scale",
+        "steps[0].tile",
+        "steps[0].colour",
+    ]
 
 
 def test_plan_errors_name_the_step_key(tmp_path):
     make_scans(tmp_path, count=1)
-    workflow = write_workflow(tmp_path, GOOD.replace("    scale: 4", "    scale: 4\n    tile: 8\n    overlap: 8"))
+    workflow = write_workflow(
+        tmp_path, GOOD.replace("    scale: 4", "    scale: 4\n    tile: 8\n    overlap: 8")
+    )
     result = run_tiler("run", workflow, "--dry-run")
     assert result.returncode == 1
     assert f"{workflow}:8: steps[0].overlap: 8 is out of range" in result.stdout
@@ -382,10 +482,15 @@ def test_workflow_on_a_local_dask_cluster(tmp_path):
     make_scans(tmp_path, count=2)
     chain = CHAIN.format(model="bicubic").replace(
         "    tile: 16\n    overlap: 4\n    region: 24\n    halo: 4\n    steps: 2\n"
-        "    decode-tile: 16\n    decode-halo: 4\n", "    scale: 2\n    region: 8\n")
+        "    decode-tile: 16\n    decode-halo: 4\n",
+        "    scale: 2\n    region: 8\n",
+    )
     threads = write_workflow(tmp_path, chain.replace("out/", "threads/"), "threads.yaml")
-    dask = write_workflow(tmp_path, chain.replace("steps:", "cluster: {cluster: local, workers: 2}\nsteps:"),
-                          "dask.yaml")
+    dask = write_workflow(
+        tmp_path,
+        chain.replace("steps:", "cluster: {cluster: local, workers: 2}\nsteps:"),
+        "dask.yaml",
+    )
     assert run_tiler("run", threads, "-q").returncode == 0
     result = run_tiler("run", dask, "-v")
     assert result.returncode == 0, result.stderr
@@ -393,5 +498,7 @@ def test_workflow_on_a_local_dask_cluster(tmp_path):
     assert result.stderr.count("Dask dashboard") == 1  # reported once per connection: one cluster
     assert "2 done, 0 skipped (up to date), 0 failed, of 2 files" in summary(result)
     for name in ("scan0", "scan1"):
-        np.testing.assert_array_equal(read_raster(tmp_path / "out" / f"{name}_sr_x2.tif")[0],
-                                      read_raster(tmp_path / "threads" / f"{name}_sr_x2.tif")[0])
+        np.testing.assert_array_equal(
+            read_raster(tmp_path / "out" / f"{name}_sr_x2.tif")[0],
+            read_raster(tmp_path / "threads" / f"{name}_sr_x2.tif")[0],
+        )

@@ -24,7 +24,8 @@ SCHEDULER_CONFIG = {
 
 
 def tiny_unet():
-    """A UNet2DModel with the real model's channel layout (6 in, 3 out) and block types, tiny widths."""
+    """A UNet2DModel with the real model's channel layout (6 in, 3 out) and block types, tiny
+    widths."""
     from diffusers import UNet2DModel
 
     return UNet2DModel(
@@ -98,14 +99,15 @@ def save_tiny_sr_model(path, seed: int = 0, safetensors: bool = True) -> Path:
     return path
 
 
-def save_tiny_ldm(path, task: str, conditioning: dict, cond_channels: int, seed: int = 0,
-                  attention: bool = True) -> Path:
+def save_tiny_ldm(
+    path, task: str, conditioning: dict, cond_channels: int, seed: int = 0, attention: bool = True
+) -> Path:
     """A tiny model in tiler's model-directory format (unet/, vqvae/, scheduler/, tiler.yaml):
     the real inpainting / synthesis layouts (``../shared/models/ldm-*.json``), tiny widths.
     ``attention=False``: a first stage without mid-block attention, like the inpainting VQ."""
     import torch
 
-    from tiler.model_card import ModelCard, write_card
+    from tiler.ldm.card import ModelCard, write_card
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -113,8 +115,12 @@ def save_tiny_ldm(path, task: str, conditioning: dict, cond_channels: int, seed:
     with_config(tiny_unet(), in_channels=3 + cond_channels).save_pretrained(path / "unet")
     with_config(tiny_vqvae(), mid_block_add_attention=attention).save_pretrained(path / "vqvae")
     tiny_scheduler().save_pretrained(path / "scheduler")
-    write_card(path, ModelCard.model_validate({"task": task, "conditioning": conditioning,
-                                               "name": f"tiny {task}"}))
+    write_card(
+        path,
+        ModelCard.model_validate(
+            {"task": task, "conditioning": conditioning, "name": f"tiny {task}"}
+        ),
+    )
     return path
 
 
@@ -126,8 +132,9 @@ def with_config(module, **changes):
 
 
 def save_tiny_inpaint_model(path, seed: int = 0) -> Path:
-    return save_tiny_ldm(path, "inpaint", {"kind": "masked-image-and-mask"}, 3 + 1, seed,
-                         attention=False)
+    return save_tiny_ldm(
+        path, "inpaint", {"kind": "masked-image-and-mask"}, 3 + 1, seed, attention=False
+    )
 
 
 def save_tiny_synthesis_model(path, classes: int = 6, seed: int = 0) -> Path:
@@ -137,5 +144,7 @@ def save_tiny_synthesis_model(path, classes: int = 6, seed: int = 0) -> Path:
     path = save_tiny_ldm(path, "synthesis", {"kind": "labels", "classes": classes}, 3, seed)
     (path / "cond_stage").mkdir(exist_ok=True)
     weight = torch.randn(3, classes, 1, 1, generator=torch.Generator().manual_seed(seed))
-    save_file({"channel_mapper.weight": weight}, str(path / "cond_stage" / "label_rescaler.safetensors"))
+    save_file(
+        {"channel_mapper.weight": weight}, str(path / "cond_stage" / "label_rescaler.safetensors")
+    )
     return path

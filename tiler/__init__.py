@@ -1,6 +1,6 @@
 """tiler: Latent Diffusion Model tasks on rasters of any size, seamlessly."""
 
-from .errors import TilerError
+from tiler.errors import TilerError
 
 __version__ = "0.1.0"
 __all__ = ["TilerError", "__version__"]

@@ -1,3 +1,3 @@
-from .cli import main
+from tiler.cli import main
 
 main()

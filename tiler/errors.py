@@ -15,13 +15,18 @@ class TilerError(Exception):
 
 
 class BadParameter(TilerError):
-    """An option's value is not usable with this input (exit 2, like click's usage errors)."""
+    """An option's value is not usable with this input (exit 2, like click's usage errors).
+
+    ``option`` is the option's plain name, as the library's parameters call it (``tile``,
+    ``bands``, ``value_range``, ``output``; ``steps/minutes`` for a pair); the CLI and the workflow
+    each spell it their way (``--tile``, ``-b/--bidx``; ``steps[0].bidx``) around ``detail``."""
 
     exit_code = 2
 
-    def __init__(self, option: str, message: str):
-        super().__init__(f"invalid value for {option}: {message}")
+    def __init__(self, option: str, detail: str):
+        super().__init__(f"invalid value for {option}: {detail}")
         self.option = option
+        self.detail = detail
 
 
 class InputError(TilerError):
@@ -29,7 +34,8 @@ class InputError(TilerError):
 
 
 class OutputError(TilerError):
-    """The output cannot be written where it was asked for (exists, folder unwritable, disk full)."""
+    """The output cannot be written where it was asked for (exists, folder unwritable, disk
+    full)."""
 
 
 class WorkdirError(TilerError):
@@ -46,3 +52,12 @@ class UnitFailed(TilerError):
             reason = f"{type(cause).__name__}: {reason}"
         super().__init__(f"{stage} of {unit_name} {tuple(index)} failed: {where}{reason}")
         self.exit_code = getattr(cause, "exit_code", 1)
+
+
+class ModelError(TilerError):
+    """The model cannot be found, is not the kind of model expected, holds unsafe (pickle) weights,
+    or fails to load (exit 1)."""
+
+
+class NotATilerOutput(InputError):
+    """The raster carries no plan, so its tile geometry is unknown."""

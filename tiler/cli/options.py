@@ -1,14 +1,11 @@
-"""Options shared by the commands, and the one place where errors become exit codes."""
+"""Options shared by the commands: each a click decorator, defaults shown from the library's."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import sys
-
 import click
 
-from ..errors import TilerError
+from tiler.cli.errors import reports_errors
+from tiler.ldm.folders import DEFAULT_SR_MODEL
 
 
 def parse_creation_options(ctx, param, values) -> dict[str, str]:
@@ -30,240 +27,260 @@ def apply(command, decorators):
 def output_options() -> list:
     """Which bands go out, and how the output is written (upscale, export)."""
     return [
-        click.option("-b", "--bidx", "bands", metavar="LIST",
-                     help="Bands to process, 1-based, comma-separated (e.g. 3,2,1). Default: all."),
-        click.option("--format", "output_format", type=click.Choice(["GTiff", "COG", "Zarr"]),
-                     help="Output format. Default: from OUTPUT's extension (.tif, .zarr)."),
-        click.option("--co", "creation_options", multiple=True, metavar="NAME=VALUE",
-                     callback=parse_creation_options,
-                     help="Driver creation option (repeatable), e.g. --co COMPRESS=ZSTD."),
+        click.option(
+            "-b",
+            "--bidx",
+            "bands",
+            metavar="LIST",
+            help="Bands to process, 1-based, comma-separated (e.g. 3,2,1). Default: all.",
+        ),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(["GTiff", "COG", "Zarr"]),
+            help="Output format. Default: from OUTPUT's extension (.tif, .zarr).",
+        ),
+        click.option(
+            "--co",
+            "creation_options",
+            multiple=True,
+            metavar="NAME=VALUE",
+            callback=parse_creation_options,
+            help="Driver creation option (repeatable), e.g. --co COMPRESS=ZSTD.",
+        ),
     ]
 
 
 def run_options(command):
     """The workdir and what may be replaced (every command that writes an output)."""
-    return apply(command, [
-        click.option("--workdir", type=click.Path(file_okay=False),
-                     help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler]."),
-        click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace an existing OUTPUT or a workdir of another plan."),
-    ])
+    return apply(
+        command,
+        [
+            click.option(
+                "--workdir",
+                type=click.Path(file_okay=False),
+                help="Zarr workdir for intermediate arrays and resume state [OUTPUT.tiler].",
+            ),
+            click.option("--keep-workdir", is_flag=True, help="Keep the workdir after success."),
+            click.option(
+                "--overwrite",
+                is_flag=True,
+                help="Replace an existing OUTPUT or a workdir of another plan.",
+            ),
+        ],
+    )
 
 
 def upscale_arguments(command):
     """INPUT [OUTPUT] and the options that shape the plan (shared by upscale and plan)."""
-    return apply(command, [
-        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)),
-        click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
-        click.option("--model", default="CompVis/ldm-super-resolution-4x-openimages", show_default=True,
-                     help="LDM super-resolution model (hub id or local diffusers folder), or a "
-                          "classical model: nearest, bicubic, lanczos."),
-        click.option("--scale", type=int,
-                     help="Upscaling factor (classical models; default 4). LDM models fix their own."),
-        *output_options(),
-        *ldm_options("LDM: ", None, "VQ decode halo in latent px [16].", ranged=True),
-        back_project_option(),
-    ])
+    return apply(
+        command,
+        [
+            click.argument(
+                "input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)
+            ),
+            click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
+            click.option(
+                "--model",
+                default=DEFAULT_SR_MODEL,
+                show_default=True,
+                help="LDM super-resolution model (hub id or local diffusers folder), or a "
+                "classical model: nearest, bicubic, lanczos.",
+            ),
+            click.option(
+                "--scale",
+                type=int,
+                help="Upscaling factor (classical models; default 4). LDM models fix their own.",
+            ),
+            *output_options(),
+            *ldm_options("LDM: ", None, "VQ decode halo in latent px", ranged=True),
+            back_project_option(),
+        ],
+    )
 
 
 def back_project_option():
     """Super-resolution's consistency with its input (tiler/back_projection.py)."""
-    from ..back_projection import ENABLED_BY_DEFAULT
+    from tiler.geometry.back_projection import ENABLED_BY_DEFAULT
 
     return click.option(
-        "--back-project/--no-back-project", default=ENABLED_BY_DEFAULT,
+        "--back-project/--no-back-project",
+        default=ENABLED_BY_DEFAULT,
         help="LDM: correct the output so that the mean of every f x f block equals the input px "
-             "under it, the correction spread smoothly (iterative back-projection) "
-             f"[{'on' if ENABLED_BY_DEFAULT else 'off'}].")
+        "under it, the correction spread smoothly (iterative back-projection) "
+        f"[{'on' if ENABLED_BY_DEFAULT else 'off'}].",
+    )
 
 
 def ldm_options(prefix: str, grid: dict | None, decode_halo: str, ranged: bool) -> list:
     """The grid and sampling options of the LDM commands; ``prefix`` marks them in a command that
     also runs classical models, ``grid`` holds the grid defaults (None: the model's), ``ranged``
     adds --range."""
+    from tiler.ldm.options import DEFAULTS
+
     def default(key: str) -> str:
         return str(grid[key]) if grid else "model default"
 
     options = [
         click.option("--tile", type=int, help=f"Tile size in latent px [{default('tile')}]."),
-        click.option("--overlap", type=int, help=f"Tile overlap in latent px [{default('overlap')}]."),
-        click.option("--region", type=int,
-                     help=f"Region (unit of work) size in latent px [{default('region')}]."),
-        click.option("--halo", type=int, help=f"Extra latent px around each region [{default('halo')}]."),
-        click.option("--steps", type=int, help=f"{prefix}Denoising steps [50]."),
-        click.option("--eta", type=float, help=f"{prefix}DDIM eta, 0 = deterministic [0]."),
-        click.option("--seed", type=int, help=f"{prefix}Seed of the keyed noise [0]."),
-        click.option("--sampler", help=f"{prefix}ddim, dpm++, dpm++-sde, euler, heun, lms, pndm, "
-                                       "unipc or a diffusers scheduler class name [ddim]."),
-        click.option("--device", default="auto", show_default=True,
-                     help=f"{prefix}auto, cpu, cuda, cuda:N."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-                     help=f"{prefix}float32 on CPU, bfloat16 on CUDA by default."),
-        click.option("--decode-tile", type=int, help=f"{prefix}VQ decode tile in latent px [128]."),
-        click.option("--decode-halo", type=int, help=prefix + decode_halo),
-        click.option("--decode-norm", type=click.Choice(["auto", "window", "shared"]),
-                     help=f"{prefix}GroupNorm statistics of the VQ windows: each window's own, or "
-                          "one set measured once and shared by every window (auto: shared when "
-                          "the VQ has no attention, which makes tiled passes exact) [auto]."),
-        click.option("--allow-pickle", is_flag=True,
-                     help=f"{prefix}Allow pickle (.bin) weights, which can run code when loaded."),
+        click.option(
+            "--overlap", type=int, help=f"Tile overlap in latent px [{default('overlap')}]."
+        ),
+        click.option(
+            "--region",
+            type=int,
+            help=f"Region (unit of work) size in latent px [{default('region')}].",
+        ),
+        click.option(
+            "--halo", type=int, help=f"Extra latent px around each region [{default('halo')}]."
+        ),
+        click.option("--steps", type=int, help=f"{prefix}Denoising steps [{DEFAULTS['steps']}]."),
+        click.option(
+            "--eta", type=float, help=f"{prefix}DDIM eta, 0 = deterministic [{DEFAULTS['eta']:g}]."
+        ),
+        click.option(
+            "--seed", type=int, help=f"{prefix}Seed of the keyed noise [{DEFAULTS['seed']}]."
+        ),
+        click.option(
+            "--sampler",
+            help=f"{prefix}ddim, dpm++, dpm++-sde, euler, heun, lms, pndm, "
+            f"unipc or a diffusers scheduler class name [{DEFAULTS['sampler']}].",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help=f"{prefix}auto, cpu, cuda, cuda:N."
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "float16", "bfloat16"]),
+            help=f"{prefix}float32 on CPU, bfloat16 on CUDA by default.",
+        ),
+        click.option(
+            "--decode-tile",
+            type=int,
+            help=f"{prefix}VQ decode tile in latent px [{DEFAULTS['decode_tile']}].",
+        ),
+        click.option(
+            "--decode-halo", type=int, help=f"{prefix}{decode_halo} [{DEFAULTS['decode_halo']}]."
+        ),
+        click.option(
+            "--decode-norm",
+            type=click.Choice(["auto", "window", "shared"]),
+            help=f"{prefix}GroupNorm statistics of the VQ windows: one set measured once "
+            "and shared by every window (shared; auto), or each window's own "
+            "(window) [auto].",
+        ),
+        click.option(
+            "--allow-pickle",
+            is_flag=True,
+            help=f"{prefix}Allow pickle (.bin) weights, which can run code when loaded.",
+        ),
     ]
     if ranged:
-        options.insert(10, click.option(
-            "--range", "value_range", metavar="MIN,MAX",
-            help=f"{prefix}Raster values mapped to the model's [-1, 1] [uint8: 0,255; else 0.1/99.9 "
-                 "percentiles of the whole raster]."))
+        options.insert(
+            10,
+            click.option(
+                "--range",
+                "value_range",
+                metavar="MIN,MAX",
+                help=f"{prefix}Raster values mapped to the model's [-1, 1] [uint8: 0,255; "
+                "else 0.1/99.9 percentiles of the whole raster].",
+            ),
+        )
     return options
+
+
+def batch_size_option(prefix: str):
+    from tiler.ldm.options import BATCH_SIZES
+
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        help=f"{prefix}Tiles per UNet call [{BATCH_SIZES['cuda']} on CUDA, "
+        f"{BATCH_SIZES['cpu']} on CPU]; never changes the result.",
+    )
 
 
 def model_run_options(command):
     """How a model runs, never what it computes (the generative commands; upscale has its own)."""
-    return apply(command, [
-        click.option("--batch-size", type=click.IntRange(min=1),
-                     help="Tiles per UNet call [16 on CUDA, 4 on CPU]; never changes the result."),
-        click.option("--compile", "compile_model", is_flag=True, help="torch.compile the UNet and VQ."),
-    ])
-
-
-def run_or_print(plan, params: dict):
-    """``--dry-run``: print the plan; otherwise run it with the command's run, execution and model
-    options and print the summary."""
-    from ..cluster import ExecutionOptions
-    from ..tasks.superres import RuntimeOptions
-    from ..upscale import run_upscale
-    from .plan import print_plan
-
-    if params["dry_run"]:
-        print_plan(plan, params["as_json"])
-        return
-    runtime = RuntimeOptions(device=params["device"], batch_size=params["batch_size"],
-                             compile=params["compile_model"], allow_pickle=params["allow_pickle"])
-    execution = ExecutionOptions.from_config(**{key: params[key] for key in (
-        "cluster", "scheduler", "workers", "retries")})
-    report = run_upscale(plan, workdir=params["workdir"], overwrite=params["overwrite"],
-                         keep_workdir=params["keep_workdir"], progress=not params["quiet"],
-                         runtime=runtime, execution=execution)
-    report_run(plan, report, params["quiet"])
-
-
-def report_run(plan, report, quiet: bool):
-    """The one summary line after a successful run."""
-    if quiet:
-        return
-    out = plan.output
-    stages = ", ".join(f"{s.name} {s.computed}/{s.total}" for s in report.stages[:-1])
-    click.echo(f"tiler: wrote {report.output} ({out.width} x {out.height} x {out.count} "
-               f"{out.dtype}) in {report.seconds:.1f} s; computed {stages}"
-               f"{' (resumed)' if report.resumed else ''}", err=True)
-
-
-def plan_kwargs(params: dict) -> dict:
-    keys = ("model", "scale", "bands", "output_format", "tile", "overlap", "region", "halo")
-    kwargs = {key: params[key] for key in keys}
-    kwargs["creation_overrides"] = params["creation_options"]
-    kwargs["diffusion"] = diffusion_options(params)
-    return kwargs
-
-
-def diffusion_options(params: dict):
-    """The sampling options among a command's parameters (--range and --back-project only where
-    it has them)."""
-    from ..tasks.superres import DiffusionOptions
-
-    keys = ("steps", "eta", "seed", "sampler", "device", "dtype", "decode_tile", "decode_halo",
-            "decode_norm", "allow_pickle")
-    return DiffusionOptions(value_range=params.get("value_range"),
-                            back_project=params.get("back_project"),
-                            **{key: params[key] for key in keys})
+    return apply(
+        command,
+        [
+            batch_size_option(""),
+            click.option("--compile", is_flag=True, help="torch.compile the UNet and VQ."),
+        ],
+    )
 
 
 def generative_options(output: list, decode_halo: str, ranged: bool):
     """Every option of a command on tiler's model-directory format (inpaint, synthesize) after its
     own: ``output`` (how the output is written), the grid and sampling options, how the model runs,
     the run, where it runs, --dry-run, verbosity; errors reported as one line."""
-    from ..generative import GRID_DEFAULTS
+    from tiler.tasks.ldm import LATENT_GRID_DEFAULTS as GRID_DEFAULTS
 
     def decorate(command):
         command = apply(command, output + ldm_options("", GRID_DEFAULTS, decode_halo, ranged))
-        for decorator in (model_run_options, run_options, execution_options, dry_run_options,
-                          verbosity):
+        for decorator in (
+            model_run_options,
+            run_options,
+            execution_options,
+            dry_run_options,
+            verbosity,
+        ):
             command = decorator(command)
         return reports_errors(command)
+
     return decorate
 
 
 def dry_run_options(command):
-    return apply(command, [
-        click.option("--dry-run", is_flag=True, help="Print the plan and exit."),
-        click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."),
-    ])
+    return apply(
+        command,
+        [
+            click.option("--dry-run", is_flag=True, help="Print the plan and exit."),
+            click.option(
+                "--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."
+            ),
+        ],
+    )
 
 
 def execution_options(command):
     """Where to run; unset options come from the ``tiler`` section of Dask's config files."""
-    from ..cluster import CLUSTER_KINDS
+    from tiler.execution.cluster import CLUSTER_KINDS
 
     decorators = [
-        click.option("--cluster", type=click.Choice(CLUSTER_KINDS),
-                     help="threads: this process; local: Dask worker processes here (one per GPU, "
-                          "or --workers CPU workers); slurm, pbs, kubernetes: Dask clusters "
-                          "configured in Dask's config files [auto: local with 2+ GPUs, else threads]."),
-        click.option("--scheduler", metavar="ADDRESS",
-                     help="Run on the running Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)."),
-        click.option("--workers", type=click.IntRange(min=1),
-                     help="threads: worker threads [classical: all cores; LDM: 2 per GPU, or all "
-                          "cores]; local: CPU worker processes [all cores]; slurm/pbs: jobs; "
-                          "kubernetes: pods [1]."),
-        click.option("--retries", type=click.IntRange(min=0),
-                     help="Dask: extra attempts of a failing unit before the run stops [2]."),
+        click.option(
+            "--cluster",
+            type=click.Choice(CLUSTER_KINDS),
+            help="threads: this process; local: Dask worker processes here (one per GPU, "
+            "or --workers CPU workers); slurm, pbs, kubernetes: Dask clusters "
+            "configured in Dask's config files [auto: local with 2+ GPUs, else threads].",
+        ),
+        click.option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="Run on the running Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            help="threads: worker threads [classical: all cores; LDM: 2 per GPU, or all "
+            "cores]; local: CPU worker processes [all cores]; slurm/pbs: jobs; "
+            "kubernetes: pods [1].",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(min=0),
+            help="Dask: extra attempts of a failing unit before the run stops [2].",
+        ),
     ]
     return apply(command, decorators)
 
 
 def verbosity(command):
-    command = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")(command)
-    return click.option("-v", "--verbose", is_flag=True, help="Log details; tracebacks on errors.")(command)
-
-
-def reports_errors(command):
-    """Turn library errors into one line on stderr and the exit code they carry."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        verbose = kwargs.get("verbose", False)
-        _log_to_stderr(verbose)
-        try:
-            return command(*args, **kwargs)
-        except TilerError as exc:
-            _fail(str(exc), exc.exit_code, verbose)
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc}", 1, verbose)
-        except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume", 130, verbose)
-        except Exception as exc:  # a bug: say so on one line; -v shows the traceback
-            _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
-
-    return wrapper
-
-
-def _log_to_stderr(verbose: bool):
-    """tiler's own log lines (not those of the libraries, e.g. Dask's) as ``tiler: message``."""
-    logger = logging.getLogger("tiler")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("tiler: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def _fail(message: str, code: int, verbose: bool):
-    if verbose:
-        import traceback
-
-        traceback.print_exc()
-    for line in message.splitlines() or [message]:  # one line per problem (workflow validation)
-        click.echo(f"tiler: error: {line}", err=True)
-    sys.exit(code)
+    command = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")(
+        command
+    )
+    return click.option("-v", "--verbose", is_flag=True, help="Log details; tracebacks on errors.")(
+        command
+    )

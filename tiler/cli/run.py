@@ -2,17 +2,26 @@ import json
 
 import click
 
-from .options import reports_errors, verbosity
+from tiler.cli.errors import reports_errors
+from tiler.cli.options import verbosity
 
 
 @click.command("run")
 @click.argument("workflow_path", metavar="WORKFLOW", type=click.Path(dir_okay=False, exists=True))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a workflow key (repeatable), e.g. --set steps[0].scale=2, "
-                   "--set steps.up.overlap=8, --set cluster.workers=4.")
-@click.option("--dry-run", is_flag=True,
-              help="Print every file and step with its tiles, regions and estimated compute; "
-                   "loads no model and writes nothing.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a workflow key (repeatable), e.g. --set steps[0].scale=2, "
+    "--set steps.up.overlap=8, --set cluster.workers=4.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print every file and step with its tiles, regions and estimated compute; "
+    "loads no model and writes nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the job as JSON.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that tiler did not write.")
@@ -23,8 +32,8 @@ def run_command(workflow_path, overrides, dry_run, as_json, fail_fast, overwrite
     resumes what was cut short. Exit 0 only if every file succeeded."""
     import sys
 
-    from ..workflow import load_workflow
-    from ..workflow.runner import WorkflowRunner, input_files
+    from tiler.workflow import load_workflow
+    from tiler.workflow.runner import WorkflowRunner, input_files
 
     workflow, source = load_workflow(workflow_path, overrides)
     files = input_files(workflow, source)
@@ -46,10 +55,21 @@ def _file_summary(outcome) -> dict:
         entry = {"step": step.step, "status": step.status, "output": step.output}
         if step.plan is not None:
             summary = step.plan.summary()
-            entry |= {key: summary[key] for key in ("model", "scale", "input_size", "output_size",
-                                                    "tiles_computed", "regions")}
+            entry |= {
+                key: summary[key]
+                for key in (
+                    "model",
+                    "scale",
+                    "input_size",
+                    "output_size",
+                    "tiles_computed",
+                    "regions",
+                )
+            }
             entry["unet_evaluations"] = summary.get("unet_evaluations", 0)
-            entry["output_megapixels"] = round(step.plan.output.width * step.plan.output.height / 1e6, 3)
+            entry["output_megapixels"] = round(
+                step.plan.output.width * step.plan.output.height / 1e6, 3
+            )
         if step.error:
             entry["error"] = step.error
         steps.append(entry)
@@ -57,32 +77,48 @@ def _file_summary(outcome) -> dict:
 
 
 def _job_table(job: list[dict]) -> str:
-    lines, totals = [], {"runs": 0, "tiles_computed": 0, "unet_evaluations": 0, "output_megapixels": 0.0}
+    lines, totals = (
+        [],
+        {"runs": 0, "tiles_computed": 0, "unet_evaluations": 0, "output_megapixels": 0.0},
+    )
     for entry in job:
         lines.append(f"{entry['input']}: {entry['status']}")
         for step in entry["steps"]:
             if "error" in step:
                 lines.append(f"  {step['step']:<12} failed: {step['error']}")
                 continue
-            lines.append(f"  {step['step']:<12} {step['status']:<10} {step['model']} x{step['scale']} "
-                         f"{step['input_size'][0]}x{step['input_size'][1]} -> "
-                         f"{step['output_size'][0]}x{step['output_size'][1]}, "
-                         f"{step['regions']} regions, {step['tiles_computed']} tiles"
-                         + (f", {step['unet_evaluations']} UNet evaluations" if step["unet_evaluations"] else "")
-                         + f" -> {step['output']}")
+            lines.append(
+                f"  {step['step']:<12} {step['status']:<10} {step['model']} x{step['scale']} "
+                f"{step['input_size'][0]}x{step['input_size'][1]} -> "
+                f"{step['output_size'][0]}x{step['output_size'][1]}, "
+                f"{step['regions']} regions, {step['tiles_computed']} tiles"
+                + (
+                    f", {step['unet_evaluations']} UNet evaluations"
+                    if step["unet_evaluations"]
+                    else ""
+                )
+                + f" -> {step['output']}"
+            )
             if step["status"] == "would run":
                 totals["runs"] += 1
                 for key in ("tiles_computed", "unet_evaluations", "output_megapixels"):
                     totals[key] += step[key]
-    lines.append(f"total: {len(job)} files, {totals['runs']} step runs to do: "
-                 f"{totals['tiles_computed']} tiles, {totals['unet_evaluations']} UNet evaluations, "
-                 f"{totals['output_megapixels']:.1f} output megapixels")
+    lines.append(
+        f"total: {len(job)} files, {totals['runs']} step runs to do: "
+        f"{totals['tiles_computed']} tiles, {totals['unet_evaluations']} UNet evaluations, "
+        f"{totals['output_megapixels']:.1f} output megapixels"
+    )
     return "\n".join(lines)
 
 
 def _final_summary(outcomes) -> str:
-    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
-    lines = [f"tiler: {counts['done']} done, {counts['skipped']} skipped (up to date), "
-             f"{counts['failed']} failed, of {len(outcomes)} files"]
+    counts = {
+        status: sum(o.status == status for o in outcomes)
+        for status in ("done", "skipped", "failed")
+    }
+    lines = [
+        f"tiler: {counts['done']} done, {counts['skipped']} skipped (up to date), "
+        f"{counts['failed']} failed, of {len(outcomes)} files"
+    ]
     lines += [f"tiler: failed: {o.input}: {o.error}" for o in outcomes if o.status == "failed"]
     return "\n".join(lines)

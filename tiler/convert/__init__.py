@@ -1,6 +1,7 @@
 """``tiler convert``: an original CompVis latent-diffusion checkpoint (``.ckpt``) and its
 ``config.yaml`` -> a tiler model folder (see tiler/model_card.py): diffusers ``unet/``, ``vqvae/``,
-``scheduler/``, ``tiler.yaml`` and, for semantic synthesis, ``cond_stage/label_rescaler.safetensors``.
+``scheduler/``, ``tiler.yaml`` and, for semantic synthesis,
+``cond_stage/label_rescaler.safetensors``.
 
 The checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain containers only.
 The one non-tensor class real CompVis checkpoints carry, Lightning's ``ModelCheckpoint`` (a dict key
@@ -15,10 +16,13 @@ Key layout of the ``state_dict`` of a CompVis ``LatentDiffusion`` (concat condit
         input_blocks.0.0                  conv in               -> conv_in
         input_blocks.N.0                  ResBlock              -> down_blocks.L.resnets.J
         input_blocks.N.1                  AttentionBlock        -> down_blocks.L.attentions.J
-        input_blocks.N.0(.op)             ResBlock(down) | conv -> down_blocks.L.downsamplers.0(.conv)
-        middle_block.{0,1,2}              Res, Attention, Res   -> mid_block.resnets.0, .attentions.0,
+        input_blocks.N.0(.op)             ResBlock(down) | conv ->
+        down_blocks.L.downsamplers.0(.conv)
+        middle_block.{0,1,2}              Res, Attention, Res   -> mid_block.resnets.0,
+        .attentions.0,
                                                                    .resnets.1
-        output_blocks.N.{0,1}             ResBlock, Attention   -> up_blocks.U.{resnets,attentions}.J
+        output_blocks.N.{0,1}             ResBlock, Attention   ->
+        up_blocks.U.{resnets,attentions}.J
         output_blocks.N.K(.conv)          ResBlock(up) | conv   -> up_blocks.U.upsamplers.0(.conv)
         out.{0,2}                         GroupNorm, conv       -> conv_norm_out, conv_out
       ResBlock: in_layers.{0,2} emb_layers.1 out_layers.{0,3} skip_connection
@@ -28,11 +32,14 @@ Key layout of the ``state_dict`` of a CompVis ``LatentDiffusion`` (concat condit
                 (heads, q|k|v, head dim), or (q|k|v, heads, head dim) with use_new_attention_order
     model_ema.*                the EMA of every UNet parameter, named ``diffusion_model`` + the
                                parameter's name without dots (LitEma); plus decay, num_updates
-    first_stage_model.*        VQModelInterface (taming layout; diffusers' VQModel has the same modules)
+    first_stage_model.*        VQModelInterface (taming layout; diffusers' VQModel has the same
+    modules)
         encoder.down.L.block.J                  -> encoder.down_blocks.L.resnets.J
         encoder.down.L.downsample.conv          -> encoder.down_blocks.L.downsamplers.0.conv
-        *.mid.block_{1,2}, *.mid.attn_1         -> *.mid_block.resnets.{0,1}, *.mid_block.attentions.0
-        decoder.up.L.block.J, .upsample.conv    -> decoder.up_blocks.(levels-1-L).resnets.J, .upsamplers.0.conv
+        *.mid.block_{1,2}, *.mid.attn_1         -> *.mid_block.resnets.{0,1},
+        *.mid_block.attentions.0
+        decoder.up.L.block.J, .upsample.conv    -> decoder.up_blocks.(levels-1-L).resnets.J,
+        .upsamplers.0.conv
         *.conv_in, *.norm_out, *.conv_out       -> *.conv_in, *.conv_norm_out, *.conv_out
         quant_conv, post_quant_conv, quantize.embedding   (same names)
       ResnetBlock: norm1 conv1 norm2 conv2 nin_shortcut -> ... conv_shortcut
@@ -64,14 +71,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import OutputError
-from ..model_card import CARD, RESCALER, RESCALER_KEY, ModelCard, read_card, write_card
-from .checkpoint import Converted, convert_state_dict, load_checkpoint
-from .config import Conversion, read_config
+from tiler.convert.checkpoint import Converted, convert_state_dict, load_checkpoint
+from tiler.convert.config import Conversion, read_config
+from tiler.errors import OutputError
+from tiler.ldm.card import (
+    CARD,
+    RESCALER,
+    RESCALER_KEY,
+    ModelCard,
+    read_card,
+    write_card,
+)
 
-# --- the whole conversion --------------------------------------------------------------------------
-def convert_checkpoint(ckpt_path, out_dir, config_path=None, overwrite: bool = False,
-                       use_ema: bool = True) -> Path:
+
+# --- the whole conversion
+# --------------------------------------------------------------------------
+def convert_checkpoint(
+    ckpt_path, out_dir, config_path=None, overwrite: bool = False, use_ema: bool = True
+) -> Path:
     """Convert a CompVis checkpoint into a tiler model folder at ``out_dir``, written whole or not
     at all (built in a temporary sibling folder, renamed at the end). Returns ``out_dir``."""
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
@@ -81,11 +98,17 @@ def convert_checkpoint(ckpt_path, out_dir, config_path=None, overwrite: bool = F
     state = load_checkpoint(ckpt_path)
     converted = convert_state_dict(state, conversion, ckpt_path, use_ema)
     del state
-    card = ModelCard.model_validate({
-        "task": conversion.task, "name": _model_name(ckpt_path), "first-stage": "vqvae", "scale": 1,
-        "conditioning": conversion.conditioning,
-        "source": f"CompVis latent-diffusion checkpoint {ckpt_path.name} ("
-                  f"{'EMA' if converted.ema else 'trained'} weights), config {config_path.name}"})
+    card = ModelCard.model_validate(
+        {
+            "task": conversion.task,
+            "name": _model_name(ckpt_path),
+            "first-stage": "vqvae",
+            "scale": 1,
+            "conditioning": conversion.conditioning,
+            "source": f"CompVis latent-diffusion checkpoint {ckpt_path.name} ("
+            f"{'EMA' if converted.ema else 'trained'} weights), config {config_path.name}",
+        }
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
     try:
@@ -99,12 +122,15 @@ def convert_checkpoint(ckpt_path, out_dir, config_path=None, overwrite: bool = F
 
 
 def _model_name(ckpt_path: Path) -> str:
-    """The checkpoint's stem, or its folder's name for CompVis' generic names (last.ckpt, model.ckpt)."""
+    """The checkpoint's stem, or its folder's name for CompVis' generic names (last.ckpt,
+    model.ckpt)."""
     stem = ckpt_path.stem
     return ckpt_path.resolve().parent.name if stem in ("last", "model", "checkpoint") else stem
 
 
-def _write_folder(folder: Path, converted: Converted, conversion: Conversion, card: ModelCard) -> None:
+def _write_folder(
+    folder: Path, converted: Converted, conversion: Conversion, card: ModelCard
+) -> None:
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
 
@@ -123,13 +149,18 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
     if not out_dir.exists() and not out_dir.is_symlink():
         return
     if not overwrite:
-        raise OutputError(f"{out_dir}: exists; pass --overwrite to replace it, or choose a new folder")
+        raise OutputError(
+            f"{out_dir}: exists; pass --overwrite to replace it, or choose a new folder"
+        )
     if not out_dir.is_dir() or out_dir.is_symlink():
-        raise OutputError(f"{out_dir}: not a folder; expected a new path or a tiler model folder "
-                          "to replace")
+        raise OutputError(
+            f"{out_dir}: not a folder; expected a new path or a tiler model folder to replace"
+        )
     if any(out_dir.iterdir()) and not (out_dir / CARD).is_file():
-        raise OutputError(f"{out_dir}: a folder without {CARD}; --overwrite replaces only tiler "
-                          "model folders (or empty ones)")
+        raise OutputError(
+            f"{out_dir}: a folder without {CARD}; --overwrite replaces only tiler "
+            "model folders (or empty ones)"
+        )
 
 
 def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:

@@ -1,4 +1,5 @@
-"""Reading a CompVis ``config.yaml``: the diffusers configs, the card, the key layout it implies, and
+"""Reading a CompVis ``config.yaml``: the diffusers configs, the card, the key layout it implies,
+and
 the UNet's attention heads (see the package docstring)."""
 
 from __future__ import annotations
@@ -8,86 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import first_line
-from ..models import ModelError
+from tiler.convert.params import Params
+from tiler.errors import ModelError, first_line
+from tiler.ldm.loading import ATTENTION_HEADS_KEY, restore_attention_heads
 
-ATTENTION_HEADS_KEY = "_tiler_attention_heads"
 GROUPS = 32  # CompVis' GroupNorm32 / Normalize: always 32 groups
-
-_REQUIRED = object()
-
-
-class _Params:
-    """One params mapping of the config, every failure a one-line ModelError naming the file and
-    the dotted key."""
-
-    def __init__(self, path: Path, where: str, data: Any):
-        if not isinstance(data, dict):
-            raise ModelError(f"{path}: {where}: {_short(data)}; expected a mapping")
-        self.path, self.where, self.data = path, where, data
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str, expected: str):
-        value = self.data.get(name, "(missing)")
-        raise ModelError(f"{self.path}: {self.key(name)}: {_short(value)}; expected {expected}")
-
-    def sub(self, name: str) -> "_Params":
-        if name not in self.data:
-            self.fail(name, "a mapping")
-        return _Params(self.path, self.key(name), self.data[name])
-
-    def get(self, name: str, default=_REQUIRED):
-        if name not in self.data:
-            if default is _REQUIRED:
-                self.fail(name, "a value")
-            return default
-        return self.data[name]
-
-    def int(self, name: str, default=_REQUIRED, minimum: int | None = None) -> int:
-        value = self.get(name, default)
-        too_small = minimum is not None and isinstance(value, int) and value < minimum
-        if not isinstance(value, int) or isinstance(value, bool) or too_small:
-            self.fail(name, f"an integer{f' >= {minimum}' if minimum is not None else ''}")
-        return value
-
-    def number(self, name: str, default=_REQUIRED) -> float:
-        value = self.get(name, default)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            self.fail(name, "a number")
-        return float(value)
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.get(name, default)
-        if not isinstance(value, bool):
-            self.fail(name, "true or false")
-        return value
-
-    def ints(self, name: str, default=_REQUIRED) -> list[int]:
-        value = self.get(name, default)
-        if not isinstance(value, (list, tuple)) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
-            self.fail(name, "a list of integers")
-        return list(value)
-
-    def require(self, name: str, allowed: tuple, default, expected: str):
-        value = self.get(name, default)
-        if value not in allowed:
-            self.fail(name, expected)
-        return value
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _class_name(target) -> str:
     return str(target).rsplit(".", 1)[-1]
 
 
-# --- what the config says --------------------------------------------------------------------------
+# --- what the config says
+# --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UNetLayout:
     """The openaimodel UNet's geometry, enough to name every module."""
@@ -131,38 +65,54 @@ def read_config(config_path) -> Conversion:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{path}: missing; pass the checkpoint's CompVis config with --config "
-                         "(or put it beside the checkpoint as config.yaml)") from None
+        raise ModelError(
+            f"{path}: missing; pass the checkpoint's CompVis config with --config "
+            "(or put it beside the checkpoint as config.yaml)"
+        ) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelError(f"{path}: not readable YAML ({first_line(exc)})") from None
-    model = _Params(path, "", data).sub("model")
+    model = Params(path, "", data).sub("model")
     if _class_name(model.get("target")) != "LatentDiffusion":
         model.fail("target", "ldm.models.diffusion.ddpm.LatentDiffusion (a latent diffusion model)")
     params = model.sub("params")
     _check_diffusion_params(params)
     vq_config, vq, latent = _first_stage(params.sub("first_stage_config"))
-    task, conditioning, cond_channels, rescaler_shape = _conditioning(params, latent,
-                                                                      2 ** (vq.levels - 1))
+    task, conditioning, cond_channels, rescaler_shape = _conditioning(
+        params, latent, 2 ** (vq.levels - 1)
+    )
     unet_config, unet = _unet(params.sub("unet_config"), latent, cond_channels, task)
     scheduler_config, betas = _schedule(params)
-    return Conversion(config_path=path, task=task, conditioning=conditioning, unet_config=unet_config,
-                      vqvae_config=vq_config, scheduler_config=scheduler_config, unet=unet, vq=vq,
-                      betas=betas, rescaler_shape=rescaler_shape)
+    return Conversion(
+        config_path=path,
+        task=task,
+        conditioning=conditioning,
+        unet_config=unet_config,
+        vqvae_config=vq_config,
+        scheduler_config=scheduler_config,
+        unet=unet,
+        vq=vq,
+        betas=betas,
+        rescaler_shape=rescaler_shape,
+    )
 
 
-def _check_diffusion_params(params: _Params) -> None:
+def _check_diffusion_params(params: Params) -> None:
     params.require("parameterization", ("eps",), "eps", "eps (noise prediction)")
     if params.get("scale_factor", 1.0) != 1.0 or params.flag("scale_by_std", False):
-        params.fail("scale_factor", "1.0 without scale_by_std (tiler runs the UNet on unscaled "
-                                    "first-stage latents)")
+        params.fail(
+            "scale_factor",
+            "1.0 without scale_by_std (tiler runs the UNet on unscaled first-stage latents)",
+        )
     concat_mode = params.flag("concat_mode", True)
     key = params.get("conditioning_key", None) or ("concat" if concat_mode else "crossattn")
     if key != "concat":
-        params.fail("conditioning_key", "concat (conditioning concatenated to the latent); "
-                                        f"this config resolves to {key!r}")
+        params.fail(
+            "conditioning_key",
+            f"concat (conditioning concatenated to the latent); this config resolves to {key!r}",
+        )
 
 
-def _schedule(params: _Params) -> tuple[dict, Any]:
+def _schedule(params: Params) -> tuple[dict, Any]:
     """The DDIM scheduler config of CompVis' DDIMSampler and the betas CompVis trained with."""
     import numpy as np
 
@@ -170,27 +120,34 @@ def _schedule(params: _Params) -> tuple[dict, Any]:
         params.fail("given_betas", "unset (a schedule from beta_schedule)")
     steps = params.int("timesteps", 1000, minimum=2)
     start, end = params.number("linear_start", 1e-4), params.number("linear_end", 2e-2)
-    schedule = params.require("beta_schedule", ("linear", "sqrt_linear"), "linear",
-                              "linear or sqrt_linear")
+    schedule = params.require(
+        "beta_schedule", ("linear", "sqrt_linear"), "linear", "linear or sqrt_linear"
+    )
     if schedule == "linear":  # CompVis "linear" is linear in sqrt(beta): diffusers' scaled_linear
-        betas = np.linspace(start ** 0.5, end ** 0.5, steps, dtype=np.float64) ** 2
+        betas = np.linspace(start**0.5, end**0.5, steps, dtype=np.float64) ** 2
     else:
         betas = np.linspace(start, end, steps, dtype=np.float64)
     config = {
-        "num_train_timesteps": steps, "beta_start": start, "beta_end": end,
+        "num_train_timesteps": steps,
+        "beta_start": start,
+        "beta_end": end,
         "beta_schedule": {"linear": "scaled_linear", "sqrt_linear": "linear"}[schedule],
         "clip_sample": False,  # LatentDiffusion sets clip_denoised = False
         # DDIMSampler: timesteps 1, 1 + T/S, ... and alphas_cumprod[0] before the first
-        "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
     }
     return config, betas
 
 
-def _first_stage(stage: _Params) -> tuple[dict, VQLayout, int]:
+def _first_stage(stage: Params) -> tuple[dict, VQLayout, int]:
     name = _class_name(stage.get("target"))
     if name != "VQModelInterface":
-        stage.fail("target", "ldm.models.autoencoder.VQModelInterface (tiler converts VQ first "
-                             "stages only)")
+        stage.fail(
+            "target",
+            "ldm.models.autoencoder.VQModelInterface (tiler converts VQ first stages only)",
+        )
     params = stage.sub("params")
     if params.get("remap", None) is not None:
         params.fail("remap", "unset (remapped codebook indices are not supported)")
@@ -198,8 +155,9 @@ def _first_stage(stage: _Params) -> tuple[dict, VQLayout, int]:
     z = dd.int("z_channels", minimum=1)
     embed_dim = params.int("embed_dim", minimum=1)
     if embed_dim != z:
-        params.fail("embed_dim", f"{z}, the ddconfig's z_channels (tiler's latent is the "
-                                 "first stage's z)")
+        params.fail(
+            "embed_dim", f"{z}, the ddconfig's z_channels (tiler's latent is the first stage's z)"
+        )
     if dd.flag("double_z", True):
         dd.fail("double_z", "false (a VQ encoder)")
     for name in ("tanh_out", "give_pre_end", "use_linear_attn"):
@@ -211,34 +169,49 @@ def _first_stage(stage: _Params) -> tuple[dict, VQLayout, int]:
     ch, mult = dd.int("ch", minimum=GROUPS), dd.ints("ch_mult", [1, 2, 4, 8])
     layers, resolution = dd.int("num_res_blocks", minimum=1), dd.int("resolution", minimum=1)
     attn_resolutions = dd.ints("attn_resolutions")
-    levels_with_attention = [resolution // 2 ** level for level in range(len(mult))
-                             if resolution // 2 ** level in attn_resolutions]
+    levels_with_attention = [
+        resolution // 2**level
+        for level in range(len(mult))
+        if resolution // 2**level in attn_resolutions
+    ]
     if attn_type != "none" and levels_with_attention:
-        dd.fail("attn_resolutions", "[] (attention inside the encoder/decoder levels is not "
-                                    "supported; only the middle block's)")
+        dd.fail(
+            "attn_resolutions",
+            "[] (attention inside the encoder/decoder levels is not "
+            "supported; only the middle block's)",
+        )
     if not mult or any(m < 1 for m in mult):
         dd.fail("ch_mult", "a list of positive integers")
     config = {
-        "in_channels": dd.int("in_channels", minimum=1), "out_channels": dd.int("out_ch", minimum=1),
+        "in_channels": dd.int("in_channels", minimum=1),
+        "out_channels": dd.int("out_ch", minimum=1),
         "down_block_types": ["DownEncoderBlock2D"] * len(mult),
         "up_block_types": ["UpDecoderBlock2D"] * len(mult),
-        "block_out_channels": [ch * m for m in mult], "layers_per_block": layers, "act_fn": "silu",
-        "latent_channels": z, "sample_size": resolution,
-        "num_vq_embeddings": params.int("n_embed", minimum=1), "norm_num_groups": GROUPS,
-        "vq_embed_dim": None, "scaling_factor": 1.0, "mid_block_add_attention": attn_type == "vanilla",
+        "block_out_channels": [ch * m for m in mult],
+        "layers_per_block": layers,
+        "act_fn": "silu",
+        "latent_channels": z,
+        "sample_size": resolution,
+        "num_vq_embeddings": params.int("n_embed", minimum=1),
+        "norm_num_groups": GROUPS,
+        "vq_embed_dim": None,
+        "scaling_factor": 1.0,
+        "mid_block_add_attention": attn_type == "vanilla",
     }
     return config, VQLayout(len(mult), layers, attn_type == "vanilla"), z
 
 
-def _conditioning(params: _Params, latent: int, factor: int) -> tuple[str, dict, int, tuple | None]:
+def _conditioning(params: Params, latent: int, factor: int) -> tuple[str, dict, int, tuple | None]:
     """(task, card conditioning, conditioning channels, rescaler weight shape); ``factor``: the
     first stage's downsampling, which the label rescaler must match."""
     key = params.get("cond_stage_key")
     stage = params.get("cond_stage_config")
     if key == "masked_image":
         if stage != "__is_first_stage__":
-            params.fail("cond_stage_config", "__is_first_stage__ (the masked image encoded by the "
-                                             "first stage)")
+            params.fail(
+                "cond_stage_config",
+                "__is_first_stage__ (the masked image encoded by the first stage)",
+            )
         return "inpaint", {"kind": "masked-image-and-mask"}, latent + 1, None
     if key == "segmentation":
         stage = params.sub("cond_stage_config")
@@ -251,36 +224,71 @@ def _conditioning(params: _Params, latent: int, factor: int) -> tuple[str, dict,
         if rescaler.flag("bias", False):
             rescaler.fail("bias", "false (tiler's label rescaler is a 1x1 conv without bias)")
         classes = rescaler.int("in_channels", 3, minimum=2)
-        labels = {"kind": "labels", "classes": classes, "out-channels": out,
-                  "rescale-stages": rescaler.int("n_stages", 1, minimum=0),
-                  "multiplier": rescaler.number("multiplier", 0.5),
-                  "method": rescaler.require("method", ("bilinear", "nearest", "bicubic", "area"),
-                                             "bilinear", "bilinear, nearest, bicubic or area")}
+        labels = {
+            "kind": "labels",
+            "classes": classes,
+            "out-channels": out,
+            "rescale-stages": rescaler.int("n_stages", 1, minimum=0),
+            "multiplier": rescaler.number("multiplier", 0.5),
+            "method": rescaler.require(
+                "method",
+                ("bilinear", "nearest", "bicubic", "area"),
+                "bilinear",
+                "bilinear, nearest, bicubic or area",
+            ),
+        }
         if labels["multiplier"] <= 0:
             rescaler.fail("multiplier", "a positive number")
         if abs(labels["multiplier"] ** labels["rescale-stages"] * factor - 1) > 1e-9:
-            rescaler.fail("n_stages", f"stages of x{labels['multiplier']:g} that bring labels to the "
-                                      f"latent's 1/{factor} of the image (the first stage's factor)")
+            rescaler.fail(
+                "n_stages",
+                f"stages of x{labels['multiplier']:g} that bring labels to the "
+                f"latent's 1/{factor} of the image (the first stage's factor)",
+            )
         return "synthesis", labels, out, (out, classes, 1, 1)
     params.fail("cond_stage_key", "masked_image (inpainting) or segmentation (semantic synthesis)")
 
 
-UNET_PARAMS = frozenset({
-    "image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks",
-    "attention_resolutions", "dropout", "channel_mult", "conv_resample", "dims", "num_classes",
-    "use_checkpoint", "use_fp16", "num_heads", "num_head_channels", "num_heads_upsample",
-    "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "use_spatial_transformer",
-    "transformer_depth", "context_dim", "n_embed", "legacy"})
+UNET_PARAMS = frozenset(
+    {
+        "image_size",
+        "in_channels",
+        "model_channels",
+        "out_channels",
+        "num_res_blocks",
+        "attention_resolutions",
+        "dropout",
+        "channel_mult",
+        "conv_resample",
+        "dims",
+        "num_classes",
+        "use_checkpoint",
+        "use_fp16",
+        "num_heads",
+        "num_head_channels",
+        "num_heads_upsample",
+        "use_scale_shift_norm",
+        "resblock_updown",
+        "use_new_attention_order",
+        "use_spatial_transformer",
+        "transformer_depth",
+        "context_dim",
+        "n_embed",
+        "legacy",
+    }
+)
 
 
-def _unet(stage: _Params, latent: int, cond_channels: int, task: str) -> tuple[dict, UNetLayout]:
+def _unet(stage: Params, latent: int, cond_channels: int, task: str) -> tuple[dict, UNetLayout]:
     if _class_name(stage.get("target")) != "UNetModel":
         stage.fail("target", "ldm.modules.diffusionmodules.openaimodel.UNetModel")
     p = stage.sub("params")
     unknown = sorted(set(p.data) - UNET_PARAMS)
     if unknown:
-        p.fail(unknown[0], "one of openaimodel.UNetModel's parameters (this converter does not "
-                           "know it)")
+        p.fail(
+            unknown[0],
+            "one of openaimodel.UNetModel's parameters (this converter does not know it)",
+        )
     for name, expected in (("use_spatial_transformer", False), ("conv_resample", True)):
         if p.flag(name, expected) != expected:
             p.fail(name, str(expected).lower())
@@ -290,61 +298,99 @@ def _unet(stage: _Params, latent: int, cond_channels: int, task: str) -> tuple[d
     if p.int("dims", 2) != 2:
         p.fail("dims", "2")
     if p.int("in_channels") != latent + cond_channels:
-        p.fail("in_channels", f"{latent + cond_channels}: {latent} latent + {cond_channels} "
-                              f"conditioning channels for {task}")
+        p.fail(
+            "in_channels",
+            f"{latent + cond_channels}: {latent} latent + {cond_channels} "
+            f"conditioning channels for {task}",
+        )
     if p.int("out_channels") != latent:
         p.fail("out_channels", f"{latent}, the first stage's latent channels")
     model_channels = p.int("model_channels", minimum=GROUPS)
     mult = p.ints("channel_mult", [1, 2, 4, 8])
     if not mult or mult[0] != 1 or any(m < 1 for m in mult):
-        p.fail("channel_mult", "positive integers starting with 1 (diffusers' time embedding and "
-                               "conv_in follow the first level's width)")
+        p.fail(
+            "channel_mult",
+            "positive integers starting with 1 (diffusers' time embedding and "
+            "conv_in follow the first level's width)",
+        )
     widths = tuple(model_channels * m for m in mult)
     resolutions = p.ints("attention_resolutions")
-    attention = tuple(2 ** level in resolutions for level in range(len(mult)))
+    attention = tuple(2**level in resolutions for level in range(len(mult)))
     heads = _attention_heads(p, sorted({widths[-1]} | {w for w, a in zip(widths, attention) if a}))
     head_dim, recorded = _diffusers_head_dim(heads)
     updown = p.flag("resblock_updown", False)
     down_types, up_types = [], []
     for level, has_attention in enumerate(attention):
         resamples = level < len(mult) - 1
-        down_types.append("AttnDownBlock2D" if has_attention else
-                          "ResnetDownsampleBlock2D" if updown and resamples else "DownBlock2D")
+        down_types.append(
+            "AttnDownBlock2D"
+            if has_attention
+            else "ResnetDownsampleBlock2D"
+            if updown and resamples
+            else "DownBlock2D"
+        )
     for level in reversed(range(len(mult))):
-        up_types.append("AttnUpBlock2D" if attention[level] else
-                        "ResnetUpsampleBlock2D" if updown and level > 0 else "UpBlock2D")
+        up_types.append(
+            "AttnUpBlock2D"
+            if attention[level]
+            else "ResnetUpsampleBlock2D"
+            if updown and level > 0
+            else "UpBlock2D"
+        )
     config = {
-        "sample_size": p.int("image_size", minimum=1), "in_channels": latent + cond_channels,
-        "out_channels": latent, "block_out_channels": list(widths),
+        "sample_size": p.int("image_size", minimum=1),
+        "in_channels": latent + cond_channels,
+        "out_channels": latent,
+        "block_out_channels": list(widths),
         "layers_per_block": p.int("num_res_blocks", minimum=1),
-        "down_block_types": down_types, "up_block_types": up_types,
+        "down_block_types": down_types,
+        "up_block_types": up_types,
         "downsample_type": "resnet" if updown else "conv",
         "upsample_type": "resnet" if updown else "conv",
-        "attention_head_dim": head_dim, "attn_norm_num_groups": GROUPS,
-        "resnet_time_scale_shift": "scale_shift" if p.flag("use_scale_shift_norm", False) else "default",
-        "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "norm_num_groups": GROUPS,
-        "norm_eps": 1e-5, "mid_block_scale_factor": 1, "downsample_padding": 1,
-        "time_embedding_type": "positional", "center_input_sample": False, "add_attention": True,
+        "attention_head_dim": head_dim,
+        "attn_norm_num_groups": GROUPS,
+        "resnet_time_scale_shift": "scale_shift"
+        if p.flag("use_scale_shift_norm", False)
+        else "default",
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "act_fn": "silu",
+        "norm_num_groups": GROUPS,
+        "norm_eps": 1e-5,
+        "mid_block_scale_factor": 1,
+        "downsample_padding": 1,
+        "time_embedding_type": "positional",
+        "center_input_sample": False,
+        "add_attention": True,
     }
     if recorded:
         config[ATTENTION_HEADS_KEY] = recorded
-    layout = UNetLayout(widths=widths, layers=config["layers_per_block"], attention=attention,
-                        resblock_updown=updown, heads=heads,
-                        new_attention_order=p.flag("use_new_attention_order", False))
+    layout = UNetLayout(
+        widths=widths,
+        layers=config["layers_per_block"],
+        attention=attention,
+        resblock_updown=updown,
+        heads=heads,
+        new_attention_order=p.flag("use_new_attention_order", False),
+    )
     return config, layout
 
 
-def _attention_heads(p: _Params, widths: list[int]) -> dict[int, int]:
+def _attention_heads(p: Params, widths: list[int]) -> dict[int, int]:
     """Heads of the attention blocks of each width, as openaimodel.UNetModel builds them."""
     head_channels = p.int("num_head_channels", -1)
     num_heads = p.int("num_heads", -1)
     if head_channels != -1:
         if head_channels < 1 or any(w % head_channels for w in widths):
-            p.fail("num_head_channels", f"-1 or a positive divisor of the attention widths {widths}")
+            p.fail(
+                "num_head_channels", f"-1 or a positive divisor of the attention widths {widths}"
+            )
         return {w: w // head_channels for w in widths}
     if num_heads < 1 or any(w % num_heads for w in widths):
-        p.fail("num_heads", f"a positive divisor of the attention widths {widths} (or set "
-                            "num_head_channels)")
+        p.fail(
+            "num_heads",
+            f"a positive divisor of the attention widths {widths} (or set num_head_channels)",
+        )
     if p.int("num_heads_upsample", -1) not in (-1, num_heads):
         p.fail("num_heads_upsample", f"-1 or {num_heads} (the same heads up and down)")
     return {w: num_heads for w in widths}
@@ -373,21 +419,3 @@ def build_unet(config: dict):
     if private:
         unet.register_to_config(**private)
     return restore_attention_heads(unet)
-
-
-def restore_attention_heads(unet):
-    """Give every Attention of a converted UNet CompVis' fixed head count when its config records
-    one (``_tiler_attention_heads``); a no-op otherwise. In place; returns ``unet``."""
-    heads = unet.config.get(ATTENTION_HEADS_KEY) if hasattr(unet, "config") else None
-    if not heads:
-        return unet
-    from diffusers.models.attention_processor import Attention
-
-    for module in unet.modules():
-        if isinstance(module, Attention):
-            width = module.to_q.out_features
-            module.heads = module.sliceable_head_dim = int(heads)
-            module.scale = (width // int(heads)) ** -0.5
-    return unet
-
-

@@ -1,13 +1,12 @@
-"""LDM inpainting on the engine: fill the masked area, keep every other pixel bit for bit.
+"""LDM inpainting (``tiler inpaint``): fill the masked area, keep every other pixel bit for bit.
 
 The latent grid is the input grid divided by the first stage's factor f (4 for the CompVis model).
 Only the tiles within ``decode_halo`` latent px of the (dilated) mask go through the UNet, so the
-cost follows the masked area. Stages, each unit one region or one output chunk:
+cost follows the masked area. The LDM stages (tiler/tasks/ldm.py), with:
 
 denoise   encode the masked image (masked px = -1) over the region canvas in windows with the decode
           halo, mask at latent size (+1 fill / -1 keep), run the fused lockstep sampler
           over the region's tiles near the mask; store the latent they cover (NaN elsewhere)
-assemble  blend the latents of the regions touching a chunk -> ``latent``
 decode    a chunk without masked px copies the input; otherwise decode the windows of its decode
           tiles that hold masked px (latent px no tile computed: the encoded image), and
           composite: masked px decoded, others copied
@@ -15,50 +14,140 @@ decode    a chunk without masked px copies the input; otherwise decode the windo
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 
-from .. import engine
-from ..first_stage import tiled_pass
-from ..grid import Box, Span
-from ..plan import Plan
-from ..raster import SourceReader
-from .latent_grid import MODEL_STAGES, LatentGridTask, array_specs, stages, unit_names, unit_shapes  # noqa: F401
+from tiler.errors import BadParameter, InputError
+from tiler.geometry.grid import Box, Span
+from tiler.ldm.first_stage import tiled_pass
+from tiler.ldm.folders import inspect_model
+from tiler.ldm.options import DiffusionOptions
+from tiler.raster.mask import MaskReader, MaskSpec, check_mask, to_latent, touched_tiles
+from tiler.raster.sources import SourceReader, describe, parse_bands
+from tiler.raster.values import to_dtype
+from tiler.tasks.ldm import LDMTask, plan_latent_grid
+from tiler.workdir import arrays
+from tiler.workdir.plan import MaskPlan, Plan
+from tiler.workdir.store import Workdir
+
+log = logging.getLogger("tiler")
 
 
-class InpaintTask(LatentGridTask):
-    """Runs one unit of each stage; the SR task's sampling, assembly and value mapping, with the
-    inpainting conditioning, tile selection and composite."""
+def plan_inpaint(
+    input_path,
+    output_path=None,
+    *,
+    model: str,
+    mask: MaskSpec,
+    bands: str | None = None,
+    output_format: str | None = None,
+    creation_overrides: dict[str, str] | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    region: int | None = None,
+    halo: int | None = None,
+    diffusion: DiffusionOptions | None = None,
+) -> Plan:
+    """Describe input and mask, check the model folder (no weights loaded), scan the mask for the
+    tiles to compute, and work out the run."""
+    info = describe(input_path)
+    band_list = parse_bands(bands, info)
+    check_mask(mask, info, band_list)
+    diffusion = diffusion or DiffusionOptions()
+    folder = inspect_model(model, "inpaint", allow_pickle=diffusion.allow_pickle)
+    channels = folder.first_stage["in_channels"]
+    if len(band_list) not in (1, channels):
+        raise BadParameter(
+            "bands",
+            f"{len(band_list)} bands selected; model {model} takes "
+            f"{channels} bands (or 1, repeated)",
+        )
+    plan = plan_latent_grid(
+        info,
+        band_list,
+        folder,
+        model=model,
+        command="inpaint",
+        input_path=input_path,
+        output_path=output_path,
+        tag="filled",
+        output_format=output_format,
+        creation_overrides=creation_overrides,
+        grid=dict(tile=tile, overlap=overlap, region=region, halo=halo),
+        diffusion=diffusion,
+        mask=MaskPlan(source=mask.source, masked_px=0, tiles_touched=0),
+    )
+    return plan.model_copy(update={"mask": _scan(mask, info, band_list, plan)})
 
 
-    def __init__(self, plan: Plan, store, reader: SourceReader, model, batch_size: int | None):
+def _scan(mask: MaskSpec, info, bands, plan: Plan) -> MaskPlan:
+    """Read the whole mask once: refuse an empty one, count the tiles each region will compute."""
+    reader = MaskReader(mask, info, bands)
+    grid = plan.tile_grid()
+    try:
+        coverage = touched_tiles(reader, grid, plan.factor, margin=plan.diffusion.decode_halo)
+    finally:
+        reader.close()
+    where = mask.path or f"{info.path} ({mask.source}{f' {mask.band}' if mask.band else ''})"
+    if coverage.masked_px == 0:
+        raise InputError(
+            f"{where}: the mask is empty: nothing to fill (the output would equal the "
+            "input); expected non-zero mask pixels"
+        )
+    if coverage.masked_px == coverage.total_px:
+        log.warning(
+            "the mask covers the whole raster: every pixel is generated from the model alone"
+        )
+    stride = grid.stride
+    computed = sum(
+        1
+        for region in grid.regions()
+        for tile in region.tiles
+        if (tile.y.start // stride, tile.x.start // stride) in coverage.tiles
+    )
+    identity = os.stat(mask.path) if mask.path else None
+    return MaskPlan(
+        source=mask.source,
+        path=str(Path(mask.path).absolute()) if mask.path else None,
+        band=mask.band,
+        dilate=mask.dilate,
+        size_bytes=identity.st_size if identity else -1,
+        mtime_ns=identity.st_mtime_ns if identity else -1,
+        masked_px=coverage.masked_px,
+        tiles_touched=computed,
+    )
+
+
+class InpaintTask(LDMTask):
+    """The LDM stages with the masked image and the mask as conditioning, only the tiles near the
+    mask computed, and a composite at decode."""
+
+    encodes_images = True
+
+    def __init__(
+        self, plan: Plan, store: Workdir, reader: SourceReader, model, batch_size: int | None
+    ):
         super().__init__(plan, store, reader, model, batch_size)
-        from ..mask import MaskReader
-
         self.mask = MaskReader(plan.mask.spec(), reader.info, plan.bands)
         self.margin = plan.diffusion.decode_halo  # latent px around the mask that are denoised
 
     # --- units -------------------------------------------------------------------------------
     def denoise(self, index):
-        import torch
-
-        from ..sample import denoise_canvas
-
         region = self.grid.region_at(*index)
         tiles = self.selected_tiles(region)
-        rows, cols = region.extent.relative_to(region.canvas)
         if not tiles:  # nothing to fill near this region: its block stays NaN (the fill value)
             self.store.mark_done("denoise", index)
             return
-        with torch.inference_mode():
-            condition = self.model.to_device(self.condition(region.canvas))
-            latent = denoise_canvas(self.model.unet_call, self.model.new_scheduler(), condition,
-                                    region.canvas, tiles, self.model.latent_channels, self.options)
-        latent = latent.float().cpu().numpy()
+        latent = self.sample(region.canvas, tiles)
         covered = np.zeros(region.canvas.shape, dtype=bool)
         for tile in tiles:
             covered[tile.relative_to(region.canvas)] = True
         latent[:, ~covered] = np.nan
-        engine.write_extent(self.store, self.grid, index, latent[:, rows, cols])
+        rows, cols = region.extent.relative_to(region.canvas)
+        arrays.write_extent(self.store, self.grid, index, latent[:, rows, cols])
         self.store.mark_done("denoise", index)
 
     def decode(self, index):
@@ -67,26 +156,19 @@ class InpaintTask(LatentGridTask):
         pixels = self.reader.read(box)
         fill = self.mask.read(box)
         if fill.any():
-            spec = self.plan.diffusion
 
             def holds_mask(piece: Box) -> bool:  # decode only the decode tiles with masked px
                 rows, cols = self.pixel_box(piece).relative_to(box)
                 return bool(fill[rows, cols].any())
 
-            decoded = tiled_pass(self.decoder(), self.read_latent, core, spec.decode_tile,
-                                 spec.decode_halo, self.f, self.model.image_channels,
-                                 self.model.decode_batch_size, holds_mask)[:, :box.y.size, :box.x.size]
-            values = self.denormalise(decoded)
-            pixels = self.composite(pixels, values, fill)
-        engine.write_core(self.store, "output", box, pixels)
+            pixels = self.composite(pixels, self.decoded(core, holds_mask), fill)
+        arrays.write_core(self.store, "output", box, pixels)
         self.store.mark_done("decode", index)
 
     # --- inpainting specifics ----------------------------------------------------------------
     def latent_mask(self, latent_box: Box) -> np.ndarray:
         """True where any input px of a latent px is to be filled."""
-        from ..mask import _to_latent
-
-        return _to_latent(self.mask.read(latent_box.scale(self.f)), self.f)
+        return to_latent(self.mask.read(latent_box.scale(self.f)), self.f)
 
     def selected_tiles(self, region) -> tuple[Box, ...]:
         """The region's tiles within ``margin`` latent px of the mask."""
@@ -96,8 +178,9 @@ class InpaintTask(LatentGridTask):
         keep = np.zeros_like(near)
         keep[inside.relative_to(reach)] = True
         near &= keep  # as the plan's scan: reflected mask px past the edge do not count
-        return tuple(tile for tile in region.tiles
-                     if near[tile.grow(self.margin).relative_to(reach)].any())
+        return tuple(
+            tile for tile in region.tiles if near[tile.grow(self.margin).relative_to(reach)].any()
+        )
 
     def normalised(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Input px of ``box`` (reflected past the edges) in [-1, 1] as the model's channels, and
@@ -119,11 +202,18 @@ class InpaintTask(LatentGridTask):
         run's shared GroupNorm statistics and a halo covering the encoder's reach, the windows
         equal one whole-canvas encode to float rounding (tests/test_norm_stats.py)."""
         spec = self.plan.diffusion
-        encoded = tiled_pass(self.encode, self.encoder_input, canvas, spec.decode_tile,
-                             spec.decode_halo, 1, self.model.latent_channels,
-                             self.model.decode_batch_size)
+        encoded = tiled_pass(
+            self.encode,
+            self.encoder_input,
+            canvas,
+            spec.decode_tile,
+            spec.decode_halo,
+            1,
+            self.model.latent_channels,
+            self.model.decode_batch_size,
+        )
         fill = self.mask.read(canvas.scale(self.f))
-        mask_latent = np.where(fill[::self.f, ::self.f], 1.0, -1.0).astype(np.float32)[None]
+        mask_latent = np.where(fill[:: self.f, :: self.f], 1.0, -1.0).astype(np.float32)[None]
         return np.concatenate([encoded, mask_latent])
 
     def read_latent(self, box: Box) -> np.ndarray:
@@ -137,11 +227,6 @@ class InpaintTask(LatentGridTask):
 
     def composite(self, pixels: np.ndarray, values: np.ndarray, fill: np.ndarray) -> np.ndarray:
         """Masked px from the model (rounded, clipped to the dtype), all others the input's."""
-        from ..raster import to_dtype
-
         out = pixels.copy()
         out[:, fill] = to_dtype(values[:, fill].astype(np.float32), self.plan.output.dtype)
         return out
-
-
-TASK = InpaintTask  # what tasks.build_task makes for a plan of this module

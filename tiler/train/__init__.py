@@ -11,7 +11,7 @@ EMA, budget in steps or minutes, checkpoints a re-run resumes from), ``export`` 
 ``tiler upscale/inpaint --model`` loads, with its card). ``train`` below runs them in order.
 """
 
-from .options import TrainOptions
-from .run import train
+from tiler.train.options import TrainOptions
+from tiler.train.run import train
 
 __all__ = ["TrainOptions", "train"]

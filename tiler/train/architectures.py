@@ -36,11 +36,18 @@ def first_stage(size: str, attention: bool, codebook: int = CODEBOOK):
     shape = SHAPES[size]
     blocks = len(shape.vq_channels)
     return VQModel(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, vq_embed_dim=LATENT_CHANNELS,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=LATENT_CHANNELS,
+        vq_embed_dim=LATENT_CHANNELS,
         num_vq_embeddings=codebook if size != "tiny" else 256,
-        block_out_channels=shape.vq_channels, layers_per_block=shape.vq_layers,
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        norm_num_groups=shape.groups, mid_block_add_attention=attention, scaling_factor=1.0,
+        block_out_channels=shape.vq_channels,
+        layers_per_block=shape.vq_layers,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        norm_num_groups=shape.groups,
+        mid_block_add_attention=attention,
+        scaling_factor=1.0,
     )
 
 
@@ -51,9 +58,12 @@ def unet(size: str, condition_channels: int, window: int):
     shape = SHAPES[size]
     levels = len(shape.unet_channels)
     return UNet2DModel(
-        sample_size=window, in_channels=LATENT_CHANNELS + condition_channels,
-        out_channels=LATENT_CHANNELS, block_out_channels=shape.unet_channels,
-        layers_per_block=shape.unet_layers, norm_num_groups=shape.groups,
+        sample_size=window,
+        in_channels=LATENT_CHANNELS + condition_channels,
+        out_channels=LATENT_CHANNELS,
+        block_out_channels=shape.unet_channels,
+        layers_per_block=shape.unet_layers,
+        norm_num_groups=shape.groups,
         attention_head_dim=shape.head_dim,
         down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
         up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
@@ -65,10 +75,17 @@ def noise_schedule(prediction: str):
     as the DDIM scheduler the folder ships."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0155,
-                         beta_schedule="scaled_linear", prediction_type=prediction,
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                         timestep_spacing="leading")
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0015,
+        beta_end=0.0155,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
 
 
 def parameter_count(module) -> int:

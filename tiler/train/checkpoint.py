@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import OutputError, first_line
+from tiler.errors import OutputError, first_line
 
 MARKER = "tiler-train.json"
 
@@ -26,8 +26,10 @@ def run_folder(output: str, fingerprint: str, overwrite: bool) -> Path:
             raise OutputError(f"{folder}: exists and is not a tiler training folder; move it away")
         if known.get("fingerprint") != fingerprint:
             if not overwrite:
-                raise OutputError(f"{folder}: holds the checkpoints of another training run (other "
-                                  "rasters or options); pass --overwrite to start afresh")
+                raise OutputError(
+                    f"{folder}: holds the checkpoints of another training run (other "
+                    "rasters or options); pass --overwrite to start afresh"
+                )
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not marker.exists():
@@ -63,5 +65,6 @@ def load(folder: Path, stage: str) -> dict | None:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # a truncated or foreign file
-        raise OutputError(f"{path}: unreadable checkpoint ({first_line(error)}); delete it to "
-                          "restart that stage") from error
+        raise OutputError(
+            f"{path}: unreadable checkpoint ({first_line(error)}); delete it to restart that stage"
+        ) from error

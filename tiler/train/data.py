@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadParameter, InputError
-from ..grid import Box, Span
-from ..raster import RasterInfo, describe, parse_bands, valid_mask, value_range
+from tiler.errors import BadParameter, InputError
+from tiler.geometry.grid import Box, Span
+from tiler.raster.sources import RasterInfo, describe, parse_bands, value_range
+from tiler.raster.values import valid_mask
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
 MODEL_CHANNELS = 3
@@ -35,10 +36,14 @@ def find_rasters(sources) -> list[str]:
         elif path.exists():
             found.append(str(path))
         else:
-            raise InputError(f"{source}: no such file or folder; expected rasters or folders of rasters")
+            raise InputError(
+                f"{source}: no such file or folder; expected rasters or folders of rasters"
+            )
     if not found:
-        raise InputError(f"{', '.join(map(str, sources)) or '(none given)'}: no rasters to train on "
-                         f"(expected files ending in {', '.join(RASTER_SUFFIXES)})")
+        raise InputError(
+            f"{', '.join(map(str, sources)) or '(none given)'}: no rasters to train on "
+            f"(expected files ending in {', '.join(RASTER_SUFFIXES)})"
+        )
     return found
 
 
@@ -50,8 +55,10 @@ def parse_hold_out(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise BadParameter("--hold-out", f"{text!r} is not LEFT,BOTTOM,RIGHT,TOP (four numbers in "
-                           "the rasters' CRS units)")
+        raise BadParameter(
+            "hold_out",
+            f"{text!r} is not LEFT,BOTTOM,RIGHT,TOP (four numbers in the rasters' CRS units)",
+        )
     return values  # type: ignore[return-value]
 
 
@@ -72,15 +79,28 @@ class TrainingRaster:
     def has_free_window(self, size: int) -> bool:
         """Whether some window of ``size`` px avoids every held-out box. A free region of window
         origins has a corner on the raster's edges or a box's edges, so testing those is exact."""
-        ys = {0, self.info.height - size} | {c for h in self.held_out for c in (h.y.stop, h.y.start - size)}
-        xs = {0, self.info.width - size} | {c for h in self.held_out for c in (h.x.stop, h.x.start - size)}
-        return any(not self.touches_held_out(Box(Span(y, y + size), Span(x, x + size)))
-                   for y in ys if 0 <= y <= self.info.height - size
-                   for x in xs if 0 <= x <= self.info.width - size)
+        ys = {0, self.info.height - size} | {
+            c for h in self.held_out for c in (h.y.stop, h.y.start - size)
+        }
+        xs = {0, self.info.width - size} | {
+            c for h in self.held_out for c in (h.x.stop, h.x.start - size)
+        }
+        return any(
+            not self.touches_held_out(Box(Span(y, y + size), Span(x, x + size)))
+            for y in ys
+            if 0 <= y <= self.info.height - size
+            for x in xs
+            if 0 <= x <= self.info.width - size
+        )
 
     def touches_held_out(self, box: Box) -> bool:
-        return any(box.y.start < h.y.stop and h.y.start < box.y.stop and
-                   box.x.start < h.x.stop and h.x.start < box.x.stop for h in self.held_out)
+        return any(
+            box.y.start < h.y.stop
+            and h.y.start < box.y.stop
+            and box.x.start < h.x.stop
+            and h.x.start < box.x.stop
+            for h in self.held_out
+        )
 
     def read(self, box: Box) -> np.ndarray:
         """The raw values of ``box`` (bands, h, w)."""
@@ -113,20 +133,30 @@ class WindowSampler:
         self.read_boxes: list[tuple[str, Box]] = []  # every window read, for checks and tests
 
     @classmethod
-    def open(cls, sources, bands: str | None, given_range, hold_out, sizes: tuple[int, ...],
-             seed: int) -> "WindowSampler":
-        """Describe and check every raster: band count, size against the largest window, value range."""
-        rasters = [_training_raster(path, bands, given_range, hold_out) for path in find_rasters(sources)]
+    def open(
+        cls, sources, bands: str | None, given_range, hold_out, sizes: tuple[int, ...], seed: int
+    ) -> WindowSampler:
+        """Describe and check every raster: band count, size against the largest window, value
+        range."""
+        rasters = [
+            _training_raster(path, bands, given_range, hold_out) for path in find_rasters(sources)
+        ]
         largest = max(sizes)
         usable = [r for r in rasters if r.fits(largest)]
         if not usable:
-            sizes_found = ", ".join(f"{r.info.path} ({r.info.width} x {r.info.height})" for r in rasters)
-            raise InputError(f"{sizes_found}: smaller than the training window of {largest} px; "
-                             "expected rasters at least that large (or a smaller --window)")
+            sizes_found = ", ".join(
+                f"{r.info.path} ({r.info.width} x {r.info.height})" for r in rasters
+            )
+            raise InputError(
+                f"{sizes_found}: smaller than the training window of {largest} px; "
+                "expected rasters at least that large (or a smaller --window)"
+            )
         free = [r for r in usable if r.has_free_window(largest)]
         if not free:
-            raise InputError(f"{', '.join(r.info.path for r in usable)}: no window of {largest} px "
-                             "lies outside the held-out areas; hold out less, or add rasters")
+            raise InputError(
+                f"{', '.join(r.info.path for r in usable)}: no window of {largest} px "
+                "lies outside the held-out areas; hold out less, or add rasters"
+            )
         return cls(free, seed)
 
     def batch(self, step: int, stream: int, count: int, size: int) -> np.ndarray:
@@ -149,16 +179,21 @@ class WindowSampler:
             if not valid_mask(pixels, raster.info.nodata).all():
                 continue  # windows with nodata are skipped
             return _augment(raster.normalise(pixels), rng)
-        raise InputError(f"{', '.join(r.info.path for r in self.rasters)}: found no window of {size} "
-                         f"px without nodata outside the held-out areas in {MAX_REJECTIONS} tries")
+        raise InputError(
+            f"{', '.join(r.info.path for r in self.rasters)}: found no window of {size} "
+            f"px without nodata outside the held-out areas in {MAX_REJECTIONS} tries"
+        )
 
 
 def _training_raster(path: str, bands_text, given_range, hold_out) -> TrainingRaster:
     info = describe(path)
     bands = parse_bands(bands_text, info)
     if len(bands) not in (1, MODEL_CHANNELS):
-        raise BadParameter("-b/--bidx", f"{path} gives {len(bands)} bands; the models take "
-                           f"{MODEL_CHANNELS} bands (or 1, repeated): choose them with -b, e.g. 3,2,1")
+        raise BadParameter(
+            "bands",
+            f"{path} gives {len(bands)} bands; the models take "
+            f"{MODEL_CHANNELS} bands (or 1, repeated): choose them with -b, e.g. 3,2,1",
+        )
     low, high = given_range if given_range is not None else value_range(info, bands)
     return TrainingRaster(info, bands, low, high, _held_out_boxes(info, hold_out))
 
@@ -190,6 +225,9 @@ def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def describe_sources(sampler: WindowSampler) -> list[str]:
     """One line per raster for the model card."""
-    return [f"{os.path.basename(r.info.path)}: {r.info.width} x {r.info.height} px, bands "
-            f"{','.join(map(str, r.bands))}, range {r.low:g}..{r.high:g}, "
-            f"{len(r.held_out)} held-out area(s)" for r in sampler.rasters]
+    return [
+        f"{os.path.basename(r.info.path)}: {r.info.width} x {r.info.height} px, bands "
+        f"{','.join(map(str, r.bands))}, range {r.low:g}..{r.high:g}, "
+        f"{len(r.held_out)} held-out area(s)"
+        for r in sampler.rasters
+    ]

@@ -27,7 +27,7 @@ def gaussian_blur(images, sigma: float):
         return images
     radius = max(1, int(3 * sigma + 0.5))
     taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     channels = images.shape[1]
     padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
@@ -96,5 +96,5 @@ def _rectangle(rng: np.random.Generator, size: int) -> np.ndarray:
     mask = np.zeros((size, size), dtype=bool)
     height, width = (int(rng.integers(size // 8, size // 2 + 1)) for _ in range(2))
     y, x = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
-    mask[y:y + height, x:x + width] = True
+    mask[y : y + height, x : x + width] = True
     return mask

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from . import checkpoint
+from tiler.train import checkpoint
 
 log = logging.getLogger("tiler")
 WARMUP_STEPS = 100
@@ -26,9 +26,20 @@ class StageResult:
     loss: float  # mean loss over the last steps
 
 
-def run_stage(name: str, module, loss_fn: Callable[[int], "object"], folder, *, steps: int | None,
-              seconds: float | None, learning_rate: float, ema_decay: float,
-              checkpoint_seconds: float, progress: bool, trainable=None) -> StageResult:
+def run_stage(
+    name: str,
+    module,
+    loss_fn: Callable[[int], object],
+    folder,
+    *,
+    steps: int | None,
+    seconds: float | None,
+    learning_rate: float,
+    ema_decay: float,
+    checkpoint_seconds: float,
+    progress: bool,
+    trainable=None,
+) -> StageResult:
     """Train ``module`` on ``loss_fn(step)`` until ``steps`` or ``seconds`` are spent (counting
     the time of earlier, interrupted runs), then leave the EMA weights in ``module``."""
     import torch
@@ -48,9 +59,18 @@ def run_stage(name: str, module, loss_fn: Callable[[int], "object"], folder, *, 
         log.info("%s: resumed at step %d (%.0f s trained)", name, step, spent)
 
     def save():
-        checkpoint.save(folder, name, {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "ema": ema.state_dict(), "step": step, "seconds": spent,
-                                       "recent": recent})
+        checkpoint.save(
+            folder,
+            name,
+            {
+                "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict(),
+                "step": step,
+                "seconds": spent,
+                "recent": recent,
+            },
+        )
 
     def finished() -> bool:
         return (steps is not None and step >= steps) or (seconds is not None and spent >= seconds)
@@ -70,8 +90,9 @@ def run_stage(name: str, module, loss_fn: Callable[[int], "object"], folder, *, 
         ema.step(parameters)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"{name}: the loss became {value} at step {step}; lower "
-                                     "--learning-rate")
+            raise FloatingPointError(
+                f"{name}: the loss became {value} at step {step}; lower --learning-rate"
+            )
         recent = (recent + [value])[-50:]
         step += 1
         spent += time.monotonic() - started

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .architectures import FACTOR
-from .degrade import cloud_masks, low_resolution
+from tiler.train.architectures import FACTOR
+from tiler.train.degrade import cloud_masks, low_resolution
 
 RESTART_EVERY = 100  # steps between dead-code restarts
 FIRST_STAGE_STREAM, UNET_STREAM, STATS_STREAM = 0, 1, 2
@@ -41,7 +41,9 @@ def first_stage_loss(trainer, sampler, batch_size: int, window: int, seed: int, 
     import torch.nn.functional as F
 
     def loss(step: int):
-        images = torch.from_numpy(sampler.batch(step, FIRST_STAGE_STREAM, batch_size, window)).to(device)
+        images = torch.from_numpy(sampler.batch(step, FIRST_STAGE_STREAM, batch_size, window)).to(
+            device
+        )
         latents = trainer.vq.encode(images).latents
         quantized, codebook_loss, (_, _, indices) = trainer.vq.quantize(latents)
         decoded = trainer.vq.decode(quantized, force_not_quantize=True).sample
@@ -66,7 +68,9 @@ def _restart_dead_codes(trainer, latents, generator):
     trainer.usage.zero_()
 
 
-def normalise_latents(vq, sampler, window: int, seed: int, device, batches: int = 8) -> tuple[float, list]:
+def normalise_latents(
+    vq, sampler, window: int, seed: int, device, batches: int = 8
+) -> tuple[float, list]:
     """Fold a latent mean (per channel) and one scale into the VQ, in place, so its latents have
     mean 0 and variance 1, where diffusion starts from (the LDM-SR pipeline applies no latent
     scaling). Exact: the codebook moves with the latents and one scale for all channels keeps
@@ -74,8 +78,14 @@ def normalise_latents(vq, sampler, window: int, seed: int, device, batches: int 
     import torch
 
     with torch.no_grad():
-        latents = torch.cat([vq.encode(torch.from_numpy(
-            sampler.batch(index, STATS_STREAM, 8, window)).to(device)).latents for index in range(batches)])
+        latents = torch.cat(
+            [
+                vq.encode(
+                    torch.from_numpy(sampler.batch(index, STATS_STREAM, 8, window)).to(device)
+                ).latents
+                for index in range(batches)
+            ]
+        )
         mean = latents.mean(dim=(0, 2, 3))
         std = float(latents.std())
         vq.quant_conv.weight.data /= std
@@ -83,7 +93,7 @@ def normalise_latents(vq, sampler, window: int, seed: int, device, batches: int 
         codebook = vq.quantize.embedding.weight.data
         codebook.copy_((codebook - mean) / std)
         post = vq.post_quant_conv
-        post.bias.data += (post.weight.data[:, :, 0, 0] @ mean)
+        post.bias.data += post.weight.data[:, :, 0, 0] @ mean
         post.weight.data *= std
     return std, mean.tolist()
 
@@ -97,7 +107,9 @@ def unet_loss(task: str, unet, vq, schedule, sampler, options, device):
     steps = schedule.config.num_train_timesteps
 
     def loss(step: int):
-        images = torch.from_numpy(sampler.batch(step, UNET_STREAM, options.batch_size, size)).to(device)
+        images = torch.from_numpy(sampler.batch(step, UNET_STREAM, options.batch_size, size)).to(
+            device
+        )
         generator = _generator(options.seed, UNET_STREAM, step)
         with torch.no_grad():
             clean = vq.encode(images).latents
@@ -105,7 +117,11 @@ def unet_loss(task: str, unet, vq, schedule, sampler, options, device):
         noise = torch.randn(clean.shape, generator=generator).to(device)
         timesteps = torch.randint(steps, (len(images),), generator=generator).to(device)
         noisy = schedule.add_noise(clean, noise, timesteps)
-        target = schedule.get_velocity(clean, noise, timesteps) if options.prediction == "v_prediction" else noise
+        target = (
+            schedule.get_velocity(clean, noise, timesteps)
+            if options.prediction == "v_prediction"
+            else noise
+        )
         predicted = unet(torch.cat([noisy, condition.to(device)], dim=1), timesteps).sample
         return F.mse_loss(predicted, target)
 
@@ -117,9 +133,13 @@ def _condition(task: str, images, vq, options, generator, step: int, factor: int
     import torch
 
     if task == "superres":
-        return low_resolution(images.cpu(), factor, options.blur, options.lr_noise, generator).to(images.device)
+        return low_resolution(images.cpu(), factor, options.blur, options.lr_noise, generator).to(
+            images.device
+        )
     rng = np.random.default_rng([options.seed, UNET_STREAM, step])
     fill = torch.from_numpy(cloud_masks(rng, len(images), images.shape[-1])).to(images.device)
-    masked = torch.where(fill[:, None], torch.full_like(images, -1.0), images)  # CompVis: masked px -1
+    masked = torch.where(
+        fill[:, None], torch.full_like(images, -1.0), images
+    )  # CompVis: masked px -1
     mask = torch.where(fill[:, None, ::factor, ::factor], 1.0, -1.0)  # +1 fill, -1 keep
     return torch.cat([vq.encode(masked).latents, mask], dim=1)

@@ -8,14 +8,30 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import BadParameter
+from tiler.errors import BadParameter
 
 TASKS = ("superres", "inpaint")
 SIZES = ("tiny", "small", "base")
 # What the trained weights depend on: a checkpoint made with other values is not resumed.
-TRAINED_BY = ("task", "sources", "bands", "value_range", "hold_out", "first_stage", "size",
-              "window", "batch_size", "first_stage_window", "first_stage_batch_size",
-              "learning_rate", "ema_decay", "prediction", "blur", "lr_noise", "seed")
+TRAINED_BY = (
+    "task",
+    "sources",
+    "bands",
+    "value_range",
+    "hold_out",
+    "first_stage",
+    "size",
+    "window",
+    "batch_size",
+    "first_stage_window",
+    "first_stage_batch_size",
+    "learning_rate",
+    "ema_decay",
+    "prediction",
+    "blur",
+    "lr_noise",
+    "seed",
+)
 
 
 class TrainOptions(BaseModel):
@@ -52,14 +68,20 @@ class TrainOptions(BaseModel):
 
     def model_post_init(self, _context) -> None:
         if self.steps is None and self.minutes is None:
-            raise BadParameter("--steps/--minutes", "neither is given; expected a number of training "
-                               "steps or a wall-time budget in minutes")
+            raise BadParameter(
+                "steps/minutes",
+                "neither is given; expected a number of training "
+                "steps or a wall-time budget in minutes",
+            )
         if self.window % 4:
-            raise BadParameter("--window", f"{self.window} is not a multiple of 4 (the UNet halves "
-                               "it twice)")
+            raise BadParameter(
+                "window", f"{self.window} is not a multiple of 4 (the UNet halves it twice)"
+            )
         if self.first_stage_window % 4:
-            raise BadParameter("--first-stage-window", f"{self.first_stage_window} is not a "
-                               "multiple of 4 (the first stage's factor)")
+            raise BadParameter(
+                "first_stage_window",
+                f"{self.first_stage_window} is not a multiple of 4 (the first stage's factor)",
+            )
 
     def fingerprint(self) -> str:
         """Identity of the training run (what the weights depend on; not the budget or device)."""
@@ -72,7 +94,11 @@ class TrainOptions(BaseModel):
             return None
         if stage == "unet":
             return self.steps
-        return self.first_stage_steps if self.first_stage_steps is not None else max(1, self.steps // 2)
+        return (
+            self.first_stage_steps
+            if self.first_stage_steps is not None
+            else max(1, self.steps // 2)
+        )
 
     def stage_seconds(self, stage: str) -> float | None:
         """The wall-time budget of ``stage``; None: steps decide."""

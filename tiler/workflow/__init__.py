@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .schema import Workflow
-from .source import Source, WorkflowError, load_source
-from .validate import parse_workflow
+from tiler.workflow.schema import Workflow
+from tiler.workflow.source import Source, WorkflowError, load_source
+from tiler.workflow.validate import parse_workflow
 
 
 def load_workflow(path, overrides=()) -> tuple[Workflow, Source]:

@@ -18,20 +18,29 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ..errors import BadParameter, TilerError, first_line
-from ..plan import Plan
-from .schema import SamplingKeys, Workflow
-from .source import Source, WorkflowError
+from tiler.errors import BadParameter, NotATilerOutput, TilerError, first_line
+from tiler.execution.cluster import ExecutionOptions, choose_cluster, connect
+from tiler.execution.run import run_plan
+from tiler.ldm.options import DiffusionOptions, RuntimeOptions
+from tiler.qa.outputs import load_plan
+from tiler.raster.mask import MaskSpec
+from tiler.tasks import plan_upscale
+from tiler.tasks.classical import plan_export
+from tiler.tasks.inpaint import plan_inpaint
+from tiler.tasks.synthesis import plan_synthesize
+from tiler.workdir.plan import Plan
+from tiler.workflow.schema import SamplingKeys, Workflow
+from tiler.workflow.source import Source, WorkflowError
 
-# the CLI option a library error names -> the step key it comes from
-OPTION_KEYS = {"-b/--bidx": "bidx", "OUTPUT": "output", "--range": "range", "--model": "model",
-               "--mask-band": "mask-band", "--dilate": "dilate", "--classes": "classes"}
+# a library option's plain name (BadParameter.option) -> the step key, where it is not the name
+# with dashes
+OPTION_KEYS = {"bands": "bidx", "value_range": "range"}
 FILE_KEYS = ("mask", "classes")  # step keys naming a file per input (templates, like output)
 
 
@@ -71,13 +80,17 @@ def input_files(workflow: Workflow, source: Source) -> list[Path]:
     files = []
     for pattern in workflow.inputs:
         path = base / Path(pattern).expanduser()
-        files += (sorted(map(Path, glob.glob(str(path), recursive=True))) if glob.has_magic(pattern)
-                  else [path])
+        files += (
+            sorted(map(Path, glob.glob(str(path), recursive=True)))
+            if glob.has_magic(pattern)
+            else [path]
+        )
     if workflow.inputs_from:
         files += _listed_files(base / workflow.inputs_from, source)
     if not files:
-        raise WorkflowError(f"{source.where(('inputs',))}: {workflow.inputs} match no file "
-                            f"(relative to {base})")
+        raise WorkflowError(
+            f"{source.where(('inputs',))}: {workflow.inputs} match no file (relative to {base})"
+        )
     return list(dict.fromkeys(_absolute(file) for file in files))
 
 
@@ -85,8 +98,9 @@ def _listed_files(path: Path, source: Source) -> list[Path]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise WorkflowError(f"{source.where(('inputs-from',))}: cannot read {path}: "
-                            f"{exc.strerror or exc}") from None
+        raise WorkflowError(
+            f"{source.where(('inputs-from',))}: cannot read {path}: {exc.strerror or exc}"
+        ) from None
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return [path.parent / Path(name).expanduser() for name in names]
 
@@ -106,8 +120,9 @@ def local_models(workflow: Workflow, base: Path) -> Workflow:
 
 
 def output_path(template: str, input_file: Path, step: str, base: Path) -> Path:
-    text = template.format(stem=input_file.stem, name=input_file.name,
-                           input_dir=str(input_file.parent), step=step)
+    text = template.format(
+        stem=input_file.stem, name=input_file.name, input_dir=str(input_file.parent), step=step
+    )
     return _absolute(base / Path(text).expanduser())
 
 
@@ -122,48 +137,80 @@ def plan_step(step, input_file: Path, output: Path, info=None, files: dict | Non
     description when it is not made yet (then an LDM step on non-uint8 data assumes its dtype's
     range for the estimate; the real run reads the range from the file); ``files``: the step's
     own files (``mask``, ``classes``) resolved for this input."""
-    from ..upscale import plan_export, plan_upscale
 
     if step.task == "export":
-        return plan_export(input_file, output, bands=step.bidx, output_format=step.format,
-                           creation_overrides=step.co, info=info)
-    from ..tasks.superres import DiffusionOptions
+        return plan_export(
+            input_file,
+            output,
+            bands=step.bidx,
+            output_format=step.format,
+            creation_overrides=step.co,
+            info=info,
+        )
 
     files = files or {}
     if step.task in ("inpaint", "synthesize") and info is not None:
-        raise TilerError(f"a {step.task} step reads its input when planned: it can follow another "
-                         "step only once that step's output exists (run without --dry-run)")
+        raise TilerError(
+            f"a {step.task} step reads its input when planned: it can follow another "
+            "step only once that step's output exists (run without --dry-run)"
+        )
     value_range = step.range
     if info is not None and step.uses_model and value_range is None and info.dtype != "uint8":
-        limits = np.finfo(info.dtype) if np.issubdtype(np.dtype(info.dtype), np.floating) else np.iinfo(info.dtype)
+        limits = (
+            np.finfo(info.dtype)
+            if np.issubdtype(np.dtype(info.dtype), np.floating)
+            else np.iinfo(info.dtype)
+        )
         value_range = f"{float(limits.min)},{float(limits.max)}"
-    diffusion = DiffusionOptions(steps=step.steps, eta=step.eta, seed=step.seed, sampler=step.sampler,
-                                 device=step.device, dtype=step.dtype, value_range=value_range,
-                                 decode_tile=step.decode_tile, decode_halo=step.decode_halo,
-                                 decode_norm=step.decode_norm, allow_pickle=step.allow_pickle,
-                                 back_project=getattr(step, "back_project", None))
+    diffusion = DiffusionOptions.from_keys(dict(step) | {"value_range": value_range})
     if step.task == "inpaint":
-        from ..inpaint import plan_inpaint
-        from ..mask import MaskSpec
-
         source = "file" if step.mask else ("nodata" if step.mask_nodata else "band")
         mask = files.get("mask")
         spec = MaskSpec(source, str(mask) if mask else None, step.mask_band, step.dilate)
-        return plan_inpaint(input_file, output, model=step.model, mask=spec, bands=step.bidx,
-                            output_format=step.format, creation_overrides=step.co, tile=step.tile,
-                            overlap=step.overlap, region=step.region, halo=step.halo,
-                            diffusion=diffusion)
+        return plan_inpaint(
+            input_file,
+            output,
+            model=step.model,
+            mask=spec,
+            bands=step.bidx,
+            output_format=step.format,
+            creation_overrides=step.co,
+            tile=step.tile,
+            overlap=step.overlap,
+            region=step.region,
+            halo=step.halo,
+            diffusion=diffusion,
+        )
     if step.task == "synthesize":
-        from ..synthesize import plan_synthesize
-
-        return plan_synthesize(input_file, output, model=step.model, classes_file=files.get("classes"),
-                               bands=step.bidx, output_format=step.format, creation_overrides=step.co,
-                               tile=step.tile, overlap=step.overlap, region=step.region,
-                               halo=step.halo, diffusion=diffusion)
-    return plan_upscale(input_file, output, model=step.model, scale=step.scale, bands=step.bidx,
-                        output_format=step.format, creation_overrides=step.co, tile=step.tile,
-                        overlap=step.overlap, region=step.region, halo=step.halo, info=info,
-                        diffusion=diffusion)
+        return plan_synthesize(
+            input_file,
+            output,
+            model=step.model,
+            classes_file=files.get("classes"),
+            bands=step.bidx,
+            output_format=step.format,
+            creation_overrides=step.co,
+            tile=step.tile,
+            overlap=step.overlap,
+            region=step.region,
+            halo=step.halo,
+            diffusion=diffusion,
+        )
+    return plan_upscale(
+        input_file,
+        output,
+        model=step.model,
+        scale=step.scale,
+        bands=step.bidx,
+        output_format=step.format,
+        creation_overrides=step.co,
+        tile=step.tile,
+        overlap=step.overlap,
+        region=step.region,
+        halo=step.halo,
+        info=info,
+        diffusion=diffusion,
+    )
 
 
 def product_identity(plan: Plan) -> str:
@@ -173,7 +220,6 @@ def product_identity(plan: Plan) -> str:
 
 def stored_identity(output: Path) -> str | None:
     """The identity stored in an existing output; None if it was not written by tiler."""
-    from ..qa import NotATilerOutput, load_plan
 
     try:
         return product_identity(load_plan(output))
@@ -183,8 +229,15 @@ def stored_identity(output: Path) -> str | None:
 
 # --- running --------------------------------------------------------------------------------------
 class WorkflowRunner:
-    def __init__(self, workflow: Workflow, source: Source, *, overwrite: bool = False,
-                 progress: bool = False, say: Callable[[str], None] = lambda line: None):
+    def __init__(
+        self,
+        workflow: Workflow,
+        source: Source,
+        *,
+        overwrite: bool = False,
+        progress: bool = False,
+        say: Callable[[str], None] = lambda line: None,
+    ):
         self.base = source.path.parent
         self.workflow = local_models(workflow, self.base)
         self.source = source
@@ -195,7 +248,9 @@ class WorkflowRunner:
         self._client = None
         self._connected = False
 
-    def run(self, files: list[Path], dry_run: bool = False, fail_fast: bool = False) -> list[FileOutcome]:
+    def run(
+        self, files: list[Path], dry_run: bool = False, fail_fast: bool = False
+    ) -> list[FileOutcome]:
         outcomes = [self.plan_file(file) for file in files]
         self._check_distinct_outputs(outcomes)
         if dry_run:
@@ -204,8 +259,10 @@ class WorkflowRunner:
             for number, outcome in enumerate(outcomes, start=1):
                 if outcome.status != "failed":
                     self.run_file(outcome, f"[{number}/{len(outcomes)}]")
-                self.say(f"[{number}/{len(outcomes)}] {outcome.input}: {outcome.status}"
-                         + (f": {outcome.error}" if outcome.error else ""))
+                self.say(
+                    f"[{number}/{len(outcomes)}] {outcome.input}: {outcome.status}"
+                    + (f": {outcome.error}" if outcome.error else "")
+                )
                 if fail_fast and outcome.status == "failed":
                     break
         return outcomes
@@ -227,30 +284,39 @@ class WorkflowRunner:
                         raise TilerError(f"needs the output of step {before.step}, which failed")
                     _check_readable(before, self.source, upstream)
                     made = before.status == "up to date"
-                    plan = plan_step(step, Path(before.output), output,
-                                     info=None if made else before.plan.output_info(),
-                                     files=self.step_files(step, file))
+                    plan = plan_step(
+                        step,
+                        Path(before.output),
+                        output,
+                        info=None if made else before.plan.output_info(),
+                        files=self.step_files(step, file),
+                    )
             except TilerError as exc:
-                outcome.steps.append(StepOutcome(step.name, str(output), "failed",
-                                                 error=self._explain(index, exc)))
+                outcome.steps.append(
+                    StepOutcome(step.name, str(output), "failed", error=self._explain(index, exc))
+                )
                 continue
-            status = "up to date" if stored_identity(output) == product_identity(plan) else "would run"
+            status = (
+                "up to date" if stored_identity(output) == product_identity(plan) else "would run"
+            )
             outcome.steps.append(StepOutcome(step.name, str(output), status, plan))
         return outcome
 
     def step_files(self, step, file: Path) -> dict[str, Path]:
         """A step's own files (an inpaint mask, a synthesis class mapping: templates) for the
         workflow input ``file``."""
-        return {key: output_path(getattr(step, key), file, step.name, self.base)
-                for key in FILE_KEYS if getattr(step, key, None)}
+        return {
+            key: output_path(getattr(step, key), file, step.name, self.base)
+            for key in FILE_KEYS
+            if getattr(step, key, None)
+        }
 
     def _explain(self, index: int, error: TilerError) -> str:
         """The error with the key path (and line) of the step option it is about."""
         step = self.workflow.steps[index]
         if isinstance(error, BadParameter):
-            key = OPTION_KEYS.get(error.option, error.option.lstrip("-"))
-            message = str(error).removeprefix(f"invalid value for {error.option}: ")
-            return f"{self.source.where(('steps', index, key))}: {message}"
+            key = OPTION_KEYS.get(error.option, error.option.replace("_", "-"))
+            return f"{self.source.where(('steps', index, key))}: {error.detail}"
         return f"step {step.name}: {first_line(error)}"
 
     def _check_distinct_outputs(self, outcomes: list[FileOutcome]):
@@ -263,12 +329,13 @@ class WorkflowRunner:
                     raise WorkflowError(
                         f"{self.source.where(('steps', index, 'output'))}: {step.output} is the "
                         f"output of both {owners[step.output]} and {owner}; put {{stem}} in the "
-                        "output template")
+                        "output template"
+                    )
                 owners[step.output] = owner
 
     # --- running --------------------------------------------------------------------------------
     def run_file(self, outcome: FileOutcome, label: str):
-        for index, step in enumerate(self.workflow.steps):
+        for index in range(len(self.workflow.steps)):
             planned = outcome.steps[index]
             if planned.status == "failed":
                 return
@@ -276,20 +343,23 @@ class WorkflowRunner:
                 self._run_step(outcome, index, label)
             except TilerError as exc:
                 planned.status, planned.error = "failed", self._explain(index, exc)
-                for later in outcome.steps[index + 1:]:
+                for later in outcome.steps[index + 1 :]:
                     if later.status != "failed":
                         later.status, later.error = "failed", f"not run: step {planned.step} failed"
                 return
 
     def _run_step(self, outcome: FileOutcome, index: int, label: str):
-        from ..upscale import run_upscale
 
         step = self.workflow.steps[index]
         planned = outcome.steps[index]
         upstream = self.workflow.source_of(index)
         input_file = outcome.input if upstream is None else Path(outcome.steps[upstream].output)
-        plan = plan_step(step, input_file, Path(planned.output),  # the input exists now
-                         files=self.step_files(step, outcome.input))
+        plan = plan_step(
+            step,
+            input_file,
+            Path(planned.output),  # the input exists now
+            files=self.step_files(step, outcome.input),
+        )
         output = Path(planned.output)
         stored = stored_identity(output) if output.exists() else None
         if stored == product_identity(plan):
@@ -297,50 +367,61 @@ class WorkflowRunner:
             self.say(f"{label} {step.name}: {output} is up to date")
             return
         if output.exists() and stored is None and not self.overwrite:
-            raise TilerError(f"{output}: exists and was not written by tiler; pass --overwrite to "
-                             "replace it")
+            raise TilerError(
+                f"{output}: exists and was not written by tiler; pass --overwrite to replace it"
+            )
         self.say(f"{label} {step.name}: {input_file.name} -> {output}")
-        workdir = output_path(step.workdir, outcome.input, step.name, self.base) if step.workdir else None
+        workdir = (
+            output_path(step.workdir, outcome.input, step.name, self.base) if step.workdir else None
+        )
         output.parent.mkdir(parents=True, exist_ok=True)
-        run_upscale(plan, workdir=workdir, overwrite=True, keep_workdir=step.keep_workdir,
-                    progress=self.progress, runtime=_runtime(step), execution=self.execution,
-                    client=self._cluster_client())
+        run_plan(
+            plan,
+            workdir=workdir,
+            overwrite=True,
+            keep_workdir=step.keep_workdir,
+            progress=self.progress,
+            runtime=_runtime(step),
+            execution=self.execution,
+            client=self._cluster_client(),
+        )
         planned.status, planned.plan = "ran", plan
 
     @property
     def execution(self):
-        from ..cluster import ExecutionOptions
 
-        given = self.workflow.cluster.model_dump(exclude_unset=True) if self.workflow.cluster else {}
+        given = (
+            self.workflow.cluster.model_dump(exclude_unset=True) if self.workflow.cluster else {}
+        )
         return ExecutionOptions.from_config(**given)
 
     def _cluster_client(self):
         """One Dask connection for the whole workflow, made when the first step runs (None when
         the workflow runs in this process)."""
-        from ..cluster import choose_cluster, connect
 
         if not self._connected:
             self._connected = True
-            uses_gpu = any(getattr(step, "uses_model", False) and step.device != "cpu"
-                           for step in self.workflow.steps)
+            uses_gpu = any(
+                getattr(step, "uses_model", False) and step.device != "cpu"
+                for step in self.workflow.steps
+            )
             kind = choose_cluster(self.execution, uses_gpu)
             if kind != "threads":
                 self._client = self._connection.enter_context(
-                    connect(kind, self.execution, uses_gpu, self.progress))
+                    connect(kind, self.execution, uses_gpu, self.progress)
+                )
         return self._client
 
 
 def _check_readable(before: StepOutcome, source: Source, upstream: int):
     if before.plan is not None and before.plan.output.format == "Zarr":
-        raise WorkflowError(f"{source.where(('steps', upstream, 'output'))}: a Zarr output cannot "
-                            "be read by a later step; write a GeoTIFF there (.tif) and export to "
-                            "Zarr last")
+        raise WorkflowError(
+            f"{source.where(('steps', upstream, 'output'))}: a Zarr output cannot "
+            "be read by a later step; write a GeoTIFF there (.tif) and export to "
+            "Zarr last"
+        )
 
 
 def _runtime(step):
-    from ..tasks.superres import RuntimeOptions
 
-    if isinstance(step, SamplingKeys):
-        return RuntimeOptions(device=step.device, batch_size=step.batch_size, compile=step.compile,
-                              allow_pickle=step.allow_pickle)
-    return RuntimeOptions()
+    return RuntimeOptions.from_keys(dict(step) if isinstance(step, SamplingKeys) else {})

@@ -25,8 +25,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..cluster import ExecutionOptions
-from ..models import DEFAULT_SR_MODEL
+from tiler.execution.cluster import ExecutionOptions
+from tiler.ldm.folders import DEFAULT_SR_MODEL
 
 TEMPLATE_FIELDS = ("stem", "name", "input_dir", "step")
 INPUTS = "inputs"  # ``input: inputs``: a step reading the workflow's input file
@@ -43,8 +43,10 @@ def check_template(value: str | None) -> str | None:
         raise ValueError(f"{value!r} is not a valid template ({exc})") from None
     unknown = [name for name in names if name not in TEMPLATE_FIELDS]
     if unknown:
-        raise ValueError(f"unknown template field {{{unknown[0]}}} in {value!r}; expected "
-                         + ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS))
+        raise ValueError(
+            f"unknown template field {{{unknown[0]}}} in {value!r}; expected "
+            + ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+        )
     return value
 
 
@@ -141,7 +143,7 @@ class UpscaleStep(StepBase, SamplingKeys):
 
     @property
     def uses_model(self) -> bool:
-        from ..resample import KERNELS
+        from tiler.geometry.resample import KERNELS
 
         return self.model not in KERNELS
 
@@ -156,12 +158,21 @@ class InpaintStep(StepBase, SamplingKeys):
     uses_model: ClassVar[bool] = True  # an LDM step, as an upscale step with an LDM model
 
     @model_validator(mode="after")
-    def _one_mask(self) -> "InpaintStep":
-        given = [key for key, value in (("mask", self.mask), ("mask-nodata", self.mask_nodata),
-                                        ("mask-band", self.mask_band)) if value]
+    def _one_mask(self) -> InpaintStep:
+        given = [
+            key
+            for key, value in (
+                ("mask", self.mask),
+                ("mask-nodata", self.mask_nodata),
+                ("mask-band", self.mask_band),
+            )
+            if value
+        ]
         if len(given) != 1:
-            raise ValueError(f"steps with task inpaint need exactly one of mask, mask-nodata, "
-                             f"mask-band; got {', '.join(given) or 'none'}")
+            raise ValueError(
+                f"steps with task inpaint need exactly one of mask, mask-nodata, "
+                f"mask-band; got {', '.join(given) or 'none'}"
+            )
         return self
 
 
@@ -172,16 +183,24 @@ class SynthesizeStep(StepBase, SamplingKeys):
     uses_model: ClassVar[bool] = True
 
     @model_validator(mode="after")
-    def _no_range(self) -> "SynthesizeStep":
+    def _no_range(self) -> SynthesizeStep:
         if self.range is not None:
-            raise ValueError("steps with task synthesize take no range: labels are class ids and "
-                             "the output is 8-bit RGB")
+            raise ValueError(
+                "steps with task synthesize take no range: labels are class ids and "
+                "the output is 8-bit RGB"
+            )
         return self
 
 
-Step = Annotated[Union[UpscaleStep, InpaintStep, SynthesizeStep, ExportStep], Field(discriminator="task")]
-STEP_CLASSES = {"upscale": UpscaleStep, "inpaint": InpaintStep, "synthesize": SynthesizeStep,
-                "export": ExportStep}
+Step = Annotated[
+    Union[UpscaleStep, InpaintStep, SynthesizeStep, ExportStep], Field(discriminator="task")
+]
+STEP_CLASSES = {
+    "upscale": UpscaleStep,
+    "inpaint": InpaintStep,
+    "synthesize": SynthesizeStep,
+    "export": ExportStep,
+}
 
 
 def step_keys(task: str) -> set[str]:
@@ -198,17 +217,21 @@ class Workflow(BaseModel):
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "Workflow":
+    def _check(self) -> Workflow:
         if not self.inputs and not self.inputs_from:
             raise ValueError("no inputs: give inputs (paths or globs) or inputs-from (a list file)")
         seen = []
         for index, step in enumerate(self.steps):
             if step.name in seen:
-                raise ValueError(f"steps[{index}].name: {step.name!r} is used by an earlier step; "
-                                 "step names must be unique")
+                raise ValueError(
+                    f"steps[{index}].name: {step.name!r} is used by an earlier step; "
+                    "step names must be unique"
+                )
             if step.input not in (None, INPUTS, *seen):
-                raise ValueError(f"steps[{index}].input: {step.input!r} is not an earlier step; "
-                                 f"expected one of {[INPUTS, *seen]}")
+                raise ValueError(
+                    f"steps[{index}].input: {step.input!r} is not an earlier step; "
+                    f"expected one of {[INPUTS, *seen]}"
+                )
             seen.append(step.name)
         return self
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TilerError
+from tiler.errors import TilerError
 
 KeyPath = tuple
 
@@ -36,7 +36,7 @@ class Source:
     def where(self, path: KeyPath) -> str:
         """``file:line: key.path`` for a key path (its closest ancestor's line if it has none)."""
         shown = key_path_text(path)
-        if any(path[:len(set_path)] == set_path for set_path in self.overridden):
+        if any(path[: len(set_path)] == set_path for set_path in self.overridden):
             return f"{self.path}: {shown} (from --set)"
         line = self.line_of(path)
         return f"{self.path}:{line}: {shown}" if line else f"{self.path}: {shown}"
@@ -64,10 +64,14 @@ def load_source(path, overrides=()) -> Source:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise WorkflowError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raise WorkflowError(
+            f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        ) from None
     if not isinstance(data, dict):
-        raise WorkflowError(f"{path}: expected a mapping with inputs and steps at the top level, "
-                            f"got {type(data).__name__}")
+        raise WorkflowError(
+            f"{path}: expected a mapping with inputs and steps at the top level, "
+            f"got {type(data).__name__}"
+        )
     source = Source(path, data)
     _collect_lines(node, (), source)
     for item in overrides:
@@ -84,8 +88,10 @@ def _collect_lines(node, path: KeyPath, source: Source):
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                raise WorkflowError(f"{source.path}:{key_node.start_mark.line + 1}: "
-                                    f"{key_path_text(path + (key,))}: duplicate key")
+                raise WorkflowError(
+                    f"{source.path}:{key_node.start_mark.line + 1}: "
+                    f"{key_path_text(path + (key,))}: duplicate key"
+                )
             seen.add(key)
             source.lines[path + (key,)] = key_node.start_mark.line + 1
             _collect_lines(value_node, path + (key,), source)
@@ -110,8 +116,9 @@ def _apply_override(source: Source, item: str):
         target = _child(target, part, item, tuple(parts[:depth]))
     last = parts[-1]
     if isinstance(target, list) and not (isinstance(last, int) and 0 <= last < len(target)):
-        raise WorkflowError(f"--set {item!r}: {key_path_text(tuple(parts[:-1]))} has "
-                            f"{len(target)} items")
+        raise WorkflowError(
+            f"--set {item!r}: {key_path_text(tuple(parts[:-1]))} has {len(target)} items"
+        )
     if not isinstance(target, (dict, list)):
         raise WorkflowError(f"--set {item!r}: {key_path_text(tuple(parts[:-1]))} is not a mapping")
     target[last] = yaml.safe_load(value)
@@ -125,8 +132,10 @@ def _parse_key(key: str, item: str) -> list:
     for token in key.split("."):
         match = re.fullmatch(r"([A-Za-z_][\w-]*)((?:\[\d+\])*)", token)
         if not match:
-            raise WorkflowError(f"--set {item!r}: {token!r} is not a key; expected e.g. "
-                                "steps[0].scale or cluster.workers")
+            raise WorkflowError(
+                f"--set {item!r}: {token!r} is not a key; expected e.g. "
+                "steps[0].scale or cluster.workers"
+            )
         parts.append(match.group(1))
         parts += [int(index) for index in re.findall(r"\[(\d+)\]", match.group(2))]
     return parts
@@ -137,8 +146,9 @@ def _child(target, part, item: str, path: KeyPath):
         return target.setdefault(part, {})
     if isinstance(target, list) and isinstance(part, int) and 0 <= part < len(target):
         return target[part]
-    raise WorkflowError(f"--set {item!r}: {key_path_text(path) if path else 'the top level'} has "
-                        f"no {part!r}")
+    raise WorkflowError(
+        f"--set {item!r}: {key_path_text(path) if path else 'the top level'} has no {part!r}"
+    )
 
 
 def _step_index(steps, name: str, item: str) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import difflib
 
-from .schema import STEP_CLASSES, TASKS, Workflow, step_keys
-from .source import KeyPath, Source, WorkflowError
+from tiler.workflow.schema import STEP_CLASSES, TASKS, Workflow, step_keys
+from tiler.workflow.source import KeyPath, Source, WorkflowError
 
 
 def parse_workflow(source: Source) -> Workflow:
@@ -41,11 +41,15 @@ def _merge_defaults(source: Source) -> tuple[dict, dict[int, set[str]]]:
         from_defaults[index] = added
     unused = [key for key in defaults if key not in taken]
     if unused:
-        allowed = sorted(set().union(*(step_keys(task) for task in TASKS)) - {"name", "task", "output", "input"})
+        allowed = sorted(
+            set().union(*(step_keys(task) for task in TASKS)) - {"name", "task", "output", "input"}
+        )
         key = unused[0]
-        raise WorkflowError(f"{source.where(('defaults', key))}: no step takes"
-                            f"{_did_you_mean(key, allowed)}; defaults hold step options: "
-                            f"{', '.join(allowed)}")
+        raise WorkflowError(
+            f"{source.where(('defaults', key))}: no step takes"
+            f"{_did_you_mean(key, allowed)}; defaults hold step options: "
+            f"{', '.join(allowed)}"
+        )
     data["defaults"] = {}
     return data, from_defaults
 
@@ -57,14 +61,18 @@ def _describe(source: Source, error: dict, from_defaults: dict[int, set[str]]) -
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(source, path[:-1])
-        return (f"{source.where(path)}: unknown key{_did_you_mean(path[-1], allowed)}; "
-                f"expected one of: {', '.join(allowed)}")
+        return (
+            f"{source.where(path)}: unknown key{_did_you_mean(path[-1], allowed)}; "
+            f"expected one of: {', '.join(allowed)}"
+        )
     if kind == "missing":
         return f"{source.where(path)}: missing; this key is required"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         shown = value.get("task") if isinstance(value, dict) else value
-        return (f"{source.where(path + ('task',))}: {shown!r} is not a task; expected one of: "
-                f"{', '.join(TASKS)}")
+        return (
+            f"{source.where(path + ('task',))}: {shown!r} is not a task; expected one of: "
+            f"{', '.join(TASKS)}"
+        )
     message = error["msg"].removeprefix("Value error, ")
     if kind == "value_error" and len(path) == 0:  # a whole-workflow check names its own key path
         return f"{source.path}: {message}"
@@ -89,7 +97,7 @@ def _allowed_keys(source: Source, parent: KeyPath) -> list[str]:
         if task in STEP_CLASSES:
             return sorted(step_keys(task))
     if parent == ("cluster",):
-        from ..cluster import ExecutionOptions
+        from tiler.execution.cluster import ExecutionOptions
 
         return sorted(name.replace("_", "-") for name in ExecutionOptions.model_fields)
     if parent == ():

@@ -1,0 +1,78 @@
+"""The one place where errors become exit codes: one line on stderr, tracebacks only with -v."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from tiler.errors import BadParameter, TilerError
+
+
+def reports_errors(command):
+    """Turn library errors into one line on stderr and the exit code they carry."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        _log_to_stderr(verbose)
+        try:
+            return command(*args, **kwargs)
+        except TilerError as exc:
+            _fail(cli_message(exc), exc.exit_code, verbose)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", 1, verbose)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", 130, verbose)
+        except Exception as exc:  # a bug: say so on one line; -v shows the traceback
+            _fail(
+                f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)",
+                1,
+                verbose,
+            )
+
+    return wrapper
+
+
+# how the CLI spells the options whose plain name (BadParameter.option) is not their flag's
+SPELLING = {"bands": "-b/--bidx", "output": "OUTPUT", "value_range": "--range"}
+
+
+def spelled(option: str) -> str:
+    """The CLI's name of a library option: ``tile`` -> ``--tile``, ``steps/minutes`` ->
+    ``--steps/--minutes``, ``bands`` -> ``-b/--bidx``."""
+    return SPELLING.get(option) or "/".join(
+        f"--{part.replace('_', '-')}" for part in option.split("/")
+    )
+
+
+def cli_message(error: TilerError) -> str:
+    """The error's message with bad options named by their CLI flags (also inside a failed unit)."""
+    bad = error if isinstance(error, BadParameter) else error.__cause__
+    if not isinstance(bad, BadParameter):
+        return str(error)
+    return str(error).replace(str(bad), f"invalid value for {spelled(bad.option)}: {bad.detail}")
+
+
+def _log_to_stderr(verbose: bool):
+    """tiler's own log lines (not those of the libraries, e.g. Dask's) as ``tiler: message``."""
+    logger = logging.getLogger("tiler")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("tiler: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _fail(message: str, code: int, verbose: bool):
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    for line in message.splitlines() or [message]:  # one line per problem (workflow validation)
+        click.echo(f"tiler: error: {line}", err=True)
+    sys.exit(code)

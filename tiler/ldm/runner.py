@@ -1,0 +1,131 @@
+"""The loaded model as the sampler and the first-stage passes call it (``ModelRunner``): device
+placement, dtype, channels_last, optional torch.compile, inference mode, shared GroupNorm
+statistics, one scheduler per region; loaded once per process for consecutive runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from tiler.ldm import norm_stats
+from tiler.ldm.options import BATCH_SIZES, RuntimeOptions
+from tiler.workdir.plan import Plan
+
+
+class ModelRunner:
+    """The loaded model as the sampler and the decoder call it: device placement, dtype,
+    channels_last, optional torch.compile, inference mode, one scheduler per region."""
+
+    def __init__(self, model, sampler: str, compile: bool, shared_norm: bool = False):
+        import torch
+
+        self.model = model
+        self.device = model.device
+        self.sampler = sampler
+        self.latent_channels = model.latent_channels
+        self.cond_channels = model.cond_channels
+        self.image_channels = int(model.vqvae.config.out_channels)
+        self.channels_last = self.device.type == "cuda"
+        self.unet = torch.compile(model.unet) if compile else model.unet
+        # shared statistics switch per call and per thread: the first stage stays eager then
+        self.encoder_norms = norm_stats.install(model.vqvae.encoder) if shared_norm else 0
+        self.decoder_norms = norm_stats.install(model.vqvae.decoder) if shared_norm else 0
+        compile_first_stage = compile and not shared_norm
+        self.vq_decode = (
+            torch.compile(model.vqvae.decode) if compile_first_stage else model.vqvae.decode
+        )
+        self.vq_encode = (
+            torch.compile(model.vqvae.encode) if compile_first_stage else model.vqvae.encode
+        )
+        self.default_batch_size = BATCH_SIZES["cuda" if self.device.type == "cuda" else "cpu"]
+        self.decode_batch_size = self.default_batch_size  # first-stage windows per call
+
+    @classmethod
+    def load(cls, plan: Plan, runtime: RuntimeOptions) -> ModelRunner:
+        """The model of ``plan``, loaded (and compiled) once per process for consecutive runs that
+        use it: a workflow's files, or the plans a Dask worker serves one after the other."""
+        spec = plan.diffusion
+        return _loaded_runner(
+            spec.model_dir,
+            spec.weights,
+            runtime.device,
+            spec.dtype,
+            runtime.allow_pickle,
+            spec.sampler,
+            runtime.compile,
+            spec.shared_norm,
+        )
+
+    def limit_threads(self, threads: int):
+        if self.device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def new_scheduler(self):
+        return self.model.make_scheduler(self.sampler)
+
+    def to_device(self, array: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+    def _prepare(self, batch):
+        import torch
+
+        batch = batch.to(self.model.dtype)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+    def unet_call(self, inputs, timestep):
+        import torch
+
+        with torch.inference_mode():
+            return self.unet(self._prepare(inputs), timestep).sample
+
+    def encode_pixels(self, pixels: np.ndarray, norms=None) -> np.ndarray:
+        """(n, channels, h*f, w*f) pixels in [-1, 1] -> (n, C, h, w) latents, not quantized (the
+        inpainting model's conditioning, as CompVis encodes it). ``norms``: the run's shared
+        GroupNorm statistics, or a ``norm_stats.Recorder`` measuring them (None: per call)."""
+        import torch
+
+        with torch.inference_mode(), norm_stats.using(norms):
+            latents = self.vq_encode(self._prepare(self.to_device(pixels))).latents
+        return latents.float().cpu().numpy()
+
+    def decode_latents(self, latents: np.ndarray, norms=None) -> np.ndarray:
+        """(n, C, h, w) latents -> (n, channels, h*f, w*f) pixels in about [-1, 1], float32.
+        The VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does. ``norms`` as
+        for ``encode_pixels``."""
+        import torch
+
+        with torch.inference_mode(), norm_stats.using(norms):
+            pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
+        return pixels.float().cpu().numpy()
+
+
+@functools.lru_cache(maxsize=1)  # one model held per process: loading another releases it
+def _loaded_runner(
+    model_dir: str,
+    weights: tuple,
+    device: str,
+    dtype: str,
+    allow_pickle: bool,
+    sampler: str,
+    compile: bool,
+    shared_norm: bool,
+) -> ModelRunner:
+    """``weights``: the weight files' (name, size, mtime), so a model folder changed on disk is
+    loaded again. The folder's format picks the loader."""
+    from tiler.ldm.loading import load_model
+
+    model = load_model(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    return ModelRunner(model, sampler, compile, shared_norm)
+
+
+@functools.lru_cache(maxsize=8)
+def load_norms(path: Path, mtime_ns: int) -> np.ndarray:
+    """Read once per process (the file's mtime in the key: a rerun's new statistics are read)."""
+    return np.load(path)
