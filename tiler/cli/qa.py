@@ -97,6 +97,7 @@ def qa_command(
     """Measure the seams at tile, region and decode boundaries of OUTPUT (a tiler GeoTIFF, COG or
     Zarr)."""
     from tiler.errors import BadParameter, OutputError
+    from tiler.execution.safety import same_file
     from tiler.qa.seams import SeamGeometry, seam_report
     from tiler.raster.formats import check_output_folder
 
@@ -117,6 +118,13 @@ def qa_command(
             tile=tile, overlap=overlap or 0, scale=scale, region=region, decode_tile=decode_tile
         )
     heatmap = Path(heatmap) if heatmap else Path(str(Path(output_path)) + ".seams.png")
+    if same_file(heatmap, output_path):
+        raise OutputError(
+            f"{heatmap}: is the raster being measured; tiler never writes over a file it reads, "
+            "even with --overwrite: choose another --heatmap"
+        )
+    if heatmap.suffix.lower() != ".png":
+        raise BadParameter("heatmap", f"{heatmap}: the heat map is a PNG; expected a .png path")
     check_output_folder(heatmap.absolute())
     if heatmap.exists() and not overwrite:
         raise OutputError(f"{heatmap}: already exists; pass --overwrite to replace it")

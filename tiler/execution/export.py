@@ -8,6 +8,7 @@ the COG driver, which would buffer the whole raster.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -53,6 +54,11 @@ def export(workdir: Workdir, progress: bool, overwrite: bool, wait_for=None) -> 
             raise
         raise OutputError(f"{final}: writing the output failed: {_one_line(exc)}") from exc
     if final.exists():
+        if final.is_dir() and not written_by_tiler(final):
+            _remove(partial)
+            raise OutputError(
+                f"{final}: a folder tiler did not write appeared during the run; not replaced"
+            )
         if not overwrite:
             _remove(partial)
             raise OutputError(f"{final}: appeared during the run; not replaced without --overwrite")
@@ -213,3 +219,21 @@ def _remove(path: Path):
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def written_by_tiler(path: Path) -> bool:
+    """Whether ``path`` carries tiler's plan in its metadata (GeoTIFF tags, Zarr attributes)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            attributes = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError, AttributeError):
+            return False
+        return PLAN_TAG in attributes
+    try:
+        import rasterio
+
+        with rasterio.open(path) as dataset:
+            return PLAN_TAG in dataset.tags()
+    except Exception:  # not a raster GDAL reads
+        return False

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiler.errors import OutputError
 from tiler.execution.cluster import ExecutionOptions, choose_cluster, connect
 from tiler.execution.export import export
+from tiler.execution.safety import check_output
 from tiler.execution.threads import Background, Gate, StageReport, ThreadExecutor
 from tiler.ldm.options import RuntimeOptions
 from tiler.ldm.runner import ModelRunner
@@ -61,11 +61,10 @@ def run_plan(
     started = time.perf_counter()
     output = Path(plan.output.path)
     check_output_folder(output)
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    workdir_path = Path(workdir) if workdir else default_workdir(plan)
+    check_output(plan, workdir_path, overwrite)
     runtime = runtime or RuntimeOptions()
     execution = execution or ExecutionOptions.from_config(workers=workers)
-    workdir_path = Path(workdir) if workdir else default_workdir(plan)
     given_empty = is_empty_dir(workdir_path)  # the user's own empty folder: emptied, not deleted
     store, resumed = Workdir.open_or_create(
         workdir_path, plan, task_class(plan).array_specs(plan), overwrite=overwrite

@@ -26,6 +26,7 @@ import numpy as np
 
 from tiler.errors import BadParameter, NotATilerOutput, TilerError, first_line
 from tiler.execution.cluster import ExecutionOptions, choose_cluster, connect
+from tiler.execution.export import written_by_tiler
 from tiler.execution.run import run_plan
 from tiler.ldm.options import DiffusionOptions, RuntimeOptions
 from tiler.qa.outputs import load_plan
@@ -251,6 +252,14 @@ class WorkflowRunner:
     def run(
         self, files: list[Path], dry_run: bool = False, fail_fast: bool = False
     ) -> list[FileOutcome]:
+        own = self.own_outputs(files)
+        if own:
+            shown = ", ".join(file.name for file in own[:3]) + (" ..." if len(own) > 3 else "")
+            self.say(
+                f"skipping {len(own)} input file(s) this workflow wrote itself ({shown}): outputs "
+                "are never taken as inputs"
+            )
+            files = [file for file in files if file not in own]
         outcomes = [self.plan_file(file) for file in files]
         self._check_distinct_outputs(outcomes)
         if dry_run:
@@ -319,11 +328,29 @@ class WorkflowRunner:
             return f"{self.source.where(('steps', index, key))}: {error.detail}"
         return f"step {step.name}: {first_line(error)}"
 
+    def own_outputs(self, files: list[Path]) -> list[Path]:
+        """The input files that are outputs of this workflow (an output template inside the inputs
+        glob, run again from cron): at a path the workflow writes, with tiler's plan inside."""
+        writes = {
+            output_path(step.output, file, step.name, self.base)
+            for file in files
+            for step in self.workflow.steps
+        }
+        return [file for file in files if file in writes and written_by_tiler(file)]
+
     def _check_distinct_outputs(self, outcomes: list[FileOutcome]):
-        """Two files (or steps) writing one output would overwrite each other."""
+        """Two files (or steps) writing one output would overwrite each other; an output that is
+        one of the workflow's input files would destroy it."""
         owners: dict[str, str] = {}
+        inputs = {file_identity(outcome.input): outcome.input for outcome in outcomes}
         for outcome in outcomes:
             for index, step in enumerate(outcome.steps):
+                if file_identity(step.output) in inputs:
+                    raise WorkflowError(
+                        f"{self.source.where(('steps', index, 'output'))}: {step.output} is "
+                        f"{inputs[file_identity(step.output)]}, an input file of this workflow; "
+                        "a step never writes over an input: change the output template"
+                    )
                 owner = f"{outcome.input.name} (step {step.step})"
                 if step.output in owners:
                     raise WorkflowError(
@@ -411,6 +438,15 @@ class WorkflowRunner:
                     connect(kind, self.execution, uses_gpu, self.progress)
                 )
         return self._client
+
+
+def file_identity(path) -> tuple | str:
+    """What makes two paths one file: (device, inode) where it exists, else the resolved path."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return str(Path(path).resolve())
+    return (stat.st_dev, stat.st_ino)
 
 
 def _check_readable(before: StepOutcome, source: Source, upstream: int):
