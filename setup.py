@@ -27,7 +27,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.6"],
+        "test": ["pytest>=7", "ruff>=0.6", "hypothesis>=6"],
         "dashboard": ["bokeh>=3.1"],
         "slurm": ["dask-jobqueue>=0.8"],
         "pbs": ["dask-jobqueue>=0.8"],

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import make_raster, run_tiler, shown_lines
 
 
@@ -62,8 +61,10 @@ def test_heat_map_over_the_measured_raster_and_non_png_names_are_refused(tmp_pat
     out = tmp_path / "out.tif"
     assert run_tiler("upscale", src, out).returncode == 0
     before = digest(out)
-    refused(run_tiler("qa", out, "--heatmap", out, "--overwrite"), 1, "is the raster being measured")
-    refused(run_tiler("qa", out, "--heatmap", tmp_path / "h.jpg"), 2, "--heatmap", "expected a .png")
+    over_itself = run_tiler("qa", out, "--heatmap", out, "--overwrite")
+    refused(over_itself, 1, "is the raster being measured")
+    jpeg = run_tiler("qa", out, "--heatmap", tmp_path / "h.jpg")
+    refused(jpeg, 2, "--heatmap", "expected a .png")
     assert digest(out) == before and not (tmp_path / "h.jpg").exists()
 
 
@@ -91,7 +92,8 @@ def test_a_workdir_that_is_or_lies_in_the_output_is_refused(tmp_path, where):
     src = make_raster(tmp_path / "in.tif", width=16, height=12)
     out = tmp_path / "out.tif"
     workdir = out if where == "equal" else out / "work"
-    refused(run_tiler("upscale", src, out, "--workdir", workdir), 2, "--workdir", "choose a workdir")
+    result = run_tiler("upscale", src, out, "--workdir", workdir)
+    refused(result, 2, "--workdir", "choose a workdir")
     assert not out.exists()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import signal
 import sys
 
 import click
@@ -18,6 +20,7 @@ def reports_errors(command):
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
         _log_to_stderr(verbose)
+        signal.signal(signal.SIGTERM, _terminated)
         try:
             return command(*args, **kwargs)
         except TilerError as exc:
@@ -26,7 +29,9 @@ def reports_errors(command):
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc}", 1, verbose)
         except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume", 130, verbose)
+            _stop("interrupted; run the same command again to resume", 130, verbose)
+        except Terminated:
+            _stop("terminated; run the same command again to resume", 143, verbose)
         except Exception as exc:  # a bug: say so on one line; -v shows the traceback
             _fail(
                 f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)",
@@ -57,8 +62,37 @@ def cli_message(error: TilerError) -> str:
     return str(error).replace(str(bad), f"invalid value for {spelled(bad.option)}: {bad.detail}")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop(message: str, code: int, verbose: bool):
+    """Ctrl-C or SIGTERM: say how to resume and exit now, without waiting for the units still
+    running on worker threads (the executor has cancelled the queued ones; those running leave
+    their chunks unmarked, so the rerun computes them)."""
+    click.echo(f"tiler: {message}", err=True)
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _log_to_stderr(verbose: bool):
-    """tiler's own log lines (not those of the libraries, e.g. Dask's) as ``tiler: message``."""
+    """tiler's own log lines (not those of the libraries, e.g. Dask's) as ``tiler: message``.
+    rasterio's NotGeoreferencedWarning is expected (scans have no georeferencing, and the output
+    then has none either) and not shown."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     logger = logging.getLogger("tiler")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -32,6 +32,7 @@ def export_command(
 ):
     """Copy INPUT to OUTPUT in another format, with other creation options or bands (e.g. a COG);
     georeferencing and nodata kept, resumable, written as OUTPUT.partial then renamed."""
+    from tiler.errors import BadParameter
     from tiler.execution.cluster import ExecutionOptions
     from tiler.execution.run import run_plan
     from tiler.tasks.classical import plan_export
@@ -46,6 +47,8 @@ def export_command(
     if dry_run:
         print_plan(plan, as_json)
         return
+    if as_json:
+        raise BadParameter("json", "prints the plan: use it with --dry-run")
     report = run_plan(
         plan,
         workdir=workdir,

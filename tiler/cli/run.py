@@ -43,8 +43,8 @@ def run_command(workflow_path, overrides, dry_run, as_json, fail_fast, overwrite
     if dry_run:
         job = [_file_summary(outcome) for outcome in outcomes]
         click.echo(json.dumps(job, indent=2) if as_json else _job_table(job))
-    elif not quiet:
-        click.echo(_final_summary(outcomes), err=True)
+    elif not quiet or any(outcome.status == "failed" for outcome in outcomes):
+        click.echo(_final_summary(outcomes), err=True)  # -q never hides what failed
     if any(outcome.status == "failed" for outcome in outcomes):
         sys.exit(1)
 

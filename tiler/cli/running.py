@@ -7,6 +7,8 @@ import json
 
 import click
 
+from tiler.errors import BadParameter
+
 
 def run_or_print(plan, params: dict):
     """``--dry-run``: print the plan; otherwise run it with the command's run, execution and model
@@ -19,6 +21,8 @@ def run_or_print(plan, params: dict):
     if params["dry_run"]:
         print_plan(plan, params["as_json"])
         return
+    if params.get("as_json"):
+        raise BadParameter("json", "prints the plan: use it with --dry-run")
     runtime = RuntimeOptions.from_keys(params)
     execution = ExecutionOptions.from_config(
         **{key: params[key] for key in ("cluster", "scheduler", "workers", "retries")}

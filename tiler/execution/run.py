@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tiler.errors import TilerError
 from tiler.execution.cluster import ExecutionOptions, choose_cluster, connect
 from tiler.execution.export import export
+from tiler.execution.locks import holding
 from tiler.execution.safety import check_output
 from tiler.execution.threads import Background, Gate, StageReport, ThreadExecutor
 from tiler.ldm.options import RuntimeOptions
@@ -65,18 +67,35 @@ def run_plan(
     check_output(plan, workdir_path, overwrite)
     runtime = runtime or RuntimeOptions()
     execution = execution or ExecutionOptions.from_config(workers=workers)
-    given_empty = is_empty_dir(workdir_path)  # the user's own empty folder: emptied, not deleted
-    store, resumed = Workdir.open_or_create(
-        workdir_path, plan, task_class(plan).array_specs(plan), overwrite=overwrite
-    )
-    log.info("workdir %s (%s)", workdir_path, "resumed" if resumed else "new")
-    report = RunReport(output=str(output), resumed=resumed)
-    with _executor(plan, store, runtime, execution, progress, client) as executor:
-        report.stages += _run_stages(store, executor, progress, overwrite)
-    if not keep_workdir:
-        remove_workdir(workdir_path, keep_folder=given_empty)
+    with holding(output, "output"), holding(workdir_path, "workdir"):
+        given_empty = is_empty_dir(workdir_path)  # the user's own empty folder: emptied, kept
+        store, resumed = Workdir.open_or_create(
+            workdir_path, plan, task_class(plan).array_specs(plan), overwrite=overwrite
+        )
+        log.info("workdir %s (%s)", workdir_path, "resumed" if resumed else "new")
+        report = RunReport(output=str(output), resumed=resumed)
+        try:
+            with _executor(plan, store, runtime, execution, progress, client) as executor:
+                report.stages += _run_stages(store, executor, progress, overwrite)
+        except Exception as exc:
+            _keep_only_resumable_work(exc, store, resumed, given_empty)
+            raise
+        if not keep_workdir:
+            remove_workdir(workdir_path, keep_folder=given_empty)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _keep_only_resumable_work(error: Exception, store: Workdir, resumed: bool, given_empty: bool):
+    """After a failure: a new workdir with no unit done is removed (nothing to resume); one that
+    holds done work is kept, and the error says so."""
+    if not resumed and not store.has_progress():
+        remove_workdir(store.path, keep_folder=given_empty)
+    elif isinstance(error, TilerError) and len(error.args) == 1:
+        error.args = (
+            f"{error.args[0]}; {store.path} keeps the work done: run the same command "
+            "again to resume",
+        )
 
 
 @contextlib.contextmanager
@@ -121,13 +140,22 @@ def _thread_executor(
         return ThreadExecutor(build_task(plan, store, reader), workers or cores)
     model = ModelRunner.load(plan, runtime)
     model_workers, other_workers = worker_counts(model.device.type, cores, workers)
-    model.limit_threads(max(1, cores // model_workers))
+    model.limit_threads(torch_threads(cores, model_workers))
     task = build_task(plan, store, reader, model, runtime.batch_size)
     return ThreadExecutor(
         task,
         model_workers,
         {stage: other_workers for stage in task.stages if stage not in task.model_stages},
     )
+
+
+def torch_threads(cores: int, model_workers: int) -> int:
+    """torch threads per model worker: the user's OMP_NUM_THREADS where set (a shared machine, a
+    batch job's share of it), else the cores split between the workers."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, cores // model_workers)
 
 
 def worker_counts(device_type: str, cores: int, workers: int | None) -> tuple[int, int]:

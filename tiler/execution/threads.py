@@ -122,25 +122,31 @@ class ThreadExecutor:
         on_done: Callable[[Hashable], None] | None = None,
     ) -> StageReport:
         work = getattr(self.task, name)
-        with (
-            threadpool_limits(limits=1),
-            ThreadPoolExecutor(
-                max_workers=self.stage_workers.get(name, self.workers),
-                thread_name_prefix=f"tiler-{name}",
-            ) as pool,
-        ):
-            futures = {pool.submit(work, unit): unit for unit in pending}
-            finished = ((futures[f], f.exception()) for f in as_completed(futures))
-            return track_stage(
-                name,
-                total,
-                len(pending),
-                finished,
-                lambda: [f.cancel() for f in futures],
-                progress,
-                on_done,
-                self.task.unit_names[name],
-            )
+        pool = ThreadPoolExecutor(
+            max_workers=self.stage_workers.get(name, self.workers),
+            thread_name_prefix=f"tiler-{name}",
+        )
+        try:
+            with threadpool_limits(limits=1):
+                futures = {pool.submit(work, unit): unit for unit in pending}
+                finished = ((futures[f], f.exception()) for f in as_completed(futures))
+                report = track_stage(
+                    name,
+                    total,
+                    len(pending),
+                    finished,
+                    lambda: [f.cancel() for f in futures],
+                    progress,
+                    on_done,
+                    self.task.unit_names[name],
+                )
+        except BaseException:
+            # a failure, Ctrl-C or SIGTERM: queued units never start; those running are not
+            # waited for here (their chunks stay unmarked, so a rerun computes them)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return report
 
 
 class Gate:

@@ -21,6 +21,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 # --- devices and dtypes
 # ----------------------------------------------------------------------------
+_WARNED: set[str] = set()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device;
     BadParameter("device") for a GPU this machine does not have."""
@@ -67,7 +70,8 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
             f"bfloat16 is not supported by {torch.cuda.get_device_name(device)}; "
             "use float16 or float32",
         )
-    if name != "float32" and device.type == "cpu":
+    if name != "float32" and device.type == "cpu" and name not in _WARNED:
+        _WARNED.add(name)  # planning and loading both resolve it: one warning per process
         log.warning(
             "--dtype %s on CPU is slower and less precise than float32, which is recommended there",
             name,

@@ -281,8 +281,8 @@ def inspect_model(model: str, task: str, allow_pickle: bool = False) -> ModelFol
         if card.task != task:
             raise BadParameter(
                 "model",
-                f"{model} is a {card.task} model; expected "
-                f"{'an' if task[0] in 'aeiou' else 'a'} {task} model",
+                f"{model} is {_article(card.task)} {card.task} model; expected "
+                f"{_article(task)} {task} model",
             )
         components, first = ("unet", card.first_stage), card.first_stage
     weights = check_weights(model_dir, components, allow_pickle=allow_pickle)
@@ -293,3 +293,7 @@ def inspect_model(model: str, task: str, allow_pickle: bool = False) -> ModelFol
         first_stage=_read_json(model_dir / first / "config.json"),
         unet=_read_json(model_dir / "unet" / "config.json"),
     )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

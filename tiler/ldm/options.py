@@ -7,11 +7,13 @@ resolved into the plan's ``DiffusionSpec``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tiler.errors import BadParameter
 from tiler.ldm.devices import resolve_device, resolve_dtype
+from tiler.ldm.folders import read_scheduler_config
 from tiler.ldm.samplers import check_sampler
 from tiler.raster.sources import value_range
 from tiler.raster.values import parse_value_range
@@ -86,13 +88,19 @@ def sampling_spec(
     back_project: bool = False,
 ) -> DiffusionSpec:
     """The options with their defaults, checked; device and dtype resolved; the value range.
-    ``back_project``: the
-    super-resolution's choice (its own check, in ``diffusion_spec``)."""
+    ``back_project``: the super-resolution's choice (its own check, in ``diffusion_spec``)."""
     chosen = {
         key: DEFAULTS[key] if getattr(options, key) is None else getattr(options, key)
         for key in DEFAULTS
     }
     _check_positive(chosen)
+    trained = int(read_scheduler_config(model_dir).get("num_train_timesteps", 1000))
+    if chosen["steps"] > trained:
+        raise BadParameter(
+            "steps",
+            f"{chosen['steps']}: the model's noise schedule has {trained} steps; "
+            f"expected at most {trained}",
+        )
     check_sampler(chosen["sampler"])  # fit to the model's schedule is checked at load
     device = resolve_device(options.device)
     dtype = str(resolve_dtype(options.dtype, device)).removeprefix("torch.")
@@ -116,10 +124,17 @@ def sampling_spec(
     )
 
 
+# (low, high) of each numeric sampling option; None: unbounded
+LIMITS = {"steps": (1, None), "decode_tile": (1, None), "decode_halo": (0, None), "eta": (0, 1)}
+
+
 def _check_positive(chosen: dict):
-    for key, low in (("steps", 1), ("decode_tile", 1), ("eta", 0), ("decode_halo", 0)):
-        if chosen[key] < low:
-            raise BadParameter(f"--{key.replace('_', '-')}", f"{chosen[key]} is below {low}")
+    """Every numeric option finite and in its range (before any work)."""
+    for key, (low, high) in LIMITS.items():
+        value = chosen[key]
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            expected = f"{low}..{high}" if high is not None else f">= {low}"
+            raise BadParameter(key, f"{value}: expected a finite number {expected}")
 
 
 def _weights_identity(files) -> tuple[tuple[str, int, int], ...]:

@@ -62,6 +62,8 @@ def check_sampler(sampler: str) -> tuple[str, dict[str, Any]]:
         return SAMPLERS[short], dict(SAMPLER_OPTIONS.get(short, {}))
     if short in REFUSED_SAMPLERS:
         raise _refuse_sampler(text, REFUSED_SAMPLERS[short])
+    if text in REFUSED_SAMPLERS.values():  # the class name of a refused short name
+        raise _refuse_sampler(text, text)
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*Scheduler", text):
         return text, {}
     raise BadParameter("sampler", f"unknown sampler {text!r}; {SAMPLERS_ACCEPTED}")

@@ -79,3 +79,69 @@ def creation_options(plan_dtype: str, fmt: str, overrides: dict[str, str]) -> di
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
+
+
+# codecs GDAL writes only for 8-bit data (it reports the refusal only while closing the file)
+EIGHT_BIT_CODECS = ("JPEG", "WEBP")
+
+
+def check_creation_options(
+    fmt: str, dtype: str, count: int, options: dict[str, str], given: dict[str, str]
+) -> None:
+    """Refuse, before any work, creation options the format's GDAL driver rejects or ignores:
+    unknown names, values outside the driver's list, block sizes, a predictor or a compression
+    that does not fit ``dtype``. GDAL itself judges them, on a tiny probe file. ``given``: the
+    user's ``--co``, which a Zarr output cannot take."""
+    if fmt == "Zarr":
+        if given:
+            raise BadParameter(
+                "co", f"{', '.join(given)}: a Zarr output takes no creation options (GeoTIFF/COG)"
+            )
+        return
+    compress = options.get("COMPRESS", "").upper()
+    if compress in EIGHT_BIT_CODECS and dtype != "uint8":
+        problem = f"COMPRESS={compress} takes 8-bit data (uint8); this output is {dtype}"
+    else:
+        problem = _probe(fmt, dtype, count, options)
+    if problem:
+        shown = " ".join(f"{key}={value}" for key, value in given.items())
+        raise BadParameter("co", f"{shown or 'the defaults'}: {problem} (GDAL's {fmt} driver)")
+
+
+def _probe(fmt: str, dtype: str, count: int, options: dict[str, str]) -> str | None:
+    """The first complaint of GDAL writing a 32 x 32 px file with ``options``, or None."""
+    import logging
+    import tempfile
+    import warnings
+
+    import rasterio
+    from rasterio.shutil import copy
+
+    heard: list[str] = []
+
+    class Listener(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("CPLE_") and " in " in message:  # GDAL's warnings and errors
+                heard.append(message.split(" in ", 1)[-1])
+
+    listener, logger = Listener(level=logging.WARNING), logging.getLogger("rasterio")
+    logger.addHandler(listener)
+    try:
+        with tempfile.TemporaryDirectory() as folder, rasterio.Env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = Path(folder) / "probe.tif"
+            profile = dict(driver="GTiff", width=32, height=32, count=count, dtype=dtype)
+            first = options if fmt == "GTiff" else {}
+            with rasterio.open(path, "w", **profile, **first) as probe:
+                probe.write(np.zeros((count, 32, 32), dtype=dtype))
+            if fmt == "COG":
+                copy(str(path), str(Path(folder) / "probe_cog.tif"), driver="COG", **options)
+    except Exception as exc:  # GDAL's refusal; rasterio chains GDAL's own message as the cause
+        while exc.__cause__ is not None:
+            exc = exc.__cause__
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return heard[0] if heard else text.removeprefix(f"{path}: ").removeprefix("probe.tif: ")
+    finally:
+        logger.removeHandler(listener)
+    return heard[0] if heard else None

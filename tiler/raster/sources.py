@@ -84,9 +84,11 @@ def describe(path: str | os.PathLike) -> RasterInfo:
 
 
 def parse_bands(text: str | None, info: RasterInfo) -> tuple[int, ...]:
-    """Parse ``-b/--bidx`` ('3,2,1', 1-based); default: all bands."""
-    if text is None or text == "":
+    """Parse ``-b/--bidx`` ('3,2,1', 1-based); default (None): all bands."""
+    if text is None:
         return tuple(range(1, info.count + 1))
+    if not str(text).strip():
+        raise BadParameter("bands", "empty; expected band numbers, e.g. 3,2,1 (omit it for all)")
     try:
         bands = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -154,11 +156,18 @@ class SourceReader:
     def read(self, box: Box) -> np.ndarray:
         """Pixels of ``box`` (bands, h, w) in the raster's dtype; outside the raster by
         reflection."""
+        from rasterio.errors import RasterioIOError
         from rasterio.windows import Window
 
         def read_block(rows: slice, cols: slice) -> np.ndarray:
             window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-            return self._handles.get().read(self.bands, window=window)
+            try:
+                return self._handles.get().read(self.bands, window=window)
+            except RasterioIOError as exc:  # "Read failed. See previous exception": find GDAL's
+                raise InputError(
+                    f"{self.info.path}: reading rows {rows.start}..{rows.stop} failed: "
+                    f"{gdal_reason(exc)} (truncated or damaged file?)"
+                ) from None
 
         return read_reflected(read_block, box, self.info.height, self.info.width)
 
@@ -243,3 +252,10 @@ def _sample_pixels(ds, bands: tuple[int, ...]) -> np.ndarray:
             )
             pieces.append(ds.read(list(bands), window=window).reshape(count, -1)[:, ::keep])
     return np.concatenate(pieces, axis=1)
+
+
+def gdal_reason(error: BaseException) -> str:
+    """GDAL's own message behind a rasterio error (rasterio chains it as the cause)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return first_line(error)

@@ -3,6 +3,8 @@ turned into nodata), the fill value, a ``--range`` parsed."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tiler.errors import BadParameter
@@ -78,6 +80,8 @@ def parse_value_range(text: str) -> tuple[float, float]:
         raise BadParameter(
             "value_range", f"{text!r} is not MIN,MAX (two numbers, e.g. 0,3000)"
         ) from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise BadParameter("value_range", f"{text!r}: expected two finite numbers MIN,MAX")
     if not high > low:
         raise BadParameter("value_range", f"{text!r}: MAX must be greater than MIN")
     return (low, high)

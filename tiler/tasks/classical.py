@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tiler.errors import BadParameter
 from tiler.geometry.blend import Blender
 from tiler.geometry.grid import Region
 from tiler.geometry.resample import ClassicalUpscaler
@@ -44,7 +45,9 @@ def plan_classical(
 ) -> Plan:
     """The plan of a ``kernel`` upscale by ``scale`` (default 4); ``grid``: the user's tile,
     overlap, region and halo (None = default)."""
-    scale = scale or 4
+    scale = 4 if scale is None else scale
+    if scale < 1:
+        raise BadParameter("scale", f"{scale}: expected an upscaling factor >= 1")
     context = ClassicalUpscaler(kernel, scale).context
     sizes = grid_sizes(GRID_DEFAULTS, **grid)
     sizes["chunk"] = sizes["region"]  # a halo-free region writes its core as one output chunk

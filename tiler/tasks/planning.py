@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiler.errors import BadParameter
-from tiler.raster.formats import creation_options, format_for
+from tiler.raster.formats import check_creation_options, creation_options, format_for
 from tiler.raster.sources import RasterInfo
 from tiler.workdir.plan import Plan, build_plan
 
@@ -57,4 +57,5 @@ def plan_with_output(
     )
     fmt = format_for(output, output_format)
     options = creation_options(info.dtype, fmt, creation_overrides or {})
+    check_creation_options(fmt, info.dtype, len(fields["bands"]), options, creation_overrides or {})
     return build_plan(info, output=output, output_format=fmt, creation_options=options, **fields)

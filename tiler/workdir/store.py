@@ -176,6 +176,15 @@ class Workdir:
             if col.name.isdigit()
         }
 
+    def has_progress(self) -> bool:
+        """Whether any unit of any stage is done (a rerun would resume something)."""
+        return any(
+            name.isdigit()
+            for stage in (self.path / "done").glob("*/c")
+            for row in stage.iterdir()
+            for name in os.listdir(row)
+        )
+
     def is_done(self, stage: str, index: tuple[int, int]) -> bool:
         iy, ix = index
         return bool(self.group[f"done/{stage}"][iy, ix])
