@@ -351,3 +351,19 @@ def test_disk_full_while_exporting(noisy_src, small_disk, tmp_path, fmt):
     assert "computed process 0/100 (resumed)" in _summary(result)
     with rasterio.open(roomy) as ds:
         assert (ds.width, ds.height, ds.count) == (1280, 1280, 3)
+
+
+@pytest.mark.parametrize("fmt", ["GTiff", "COG"])
+def test_disk_full_while_exporting_is_one_line_that_says_so(noisy_src, small_disk, tmp_path, fmt):
+    """The error line names the output and, on a full file system, says "no space left on device"
+    and where (libtiff's own I/O lines still reach stderr before it)."""
+    folder, preexec, reason = small_disk
+    target = folder / "out.tif"
+    options = ("--region", 32, "--workdir", tmp_path / "workdir", "--format", fmt)
+    result = run_tiler("upscale", noisy_src, target, *options, preexec_fn=preexec)
+    line = assert_one_error(
+        result, 1, str(target), "writing the output failed", ignore=LIBTIFF_LINE
+    )
+    if reason == "No space left on device" and fmt == "GTiff":
+        # a failed COG copy: GDAL removes its file, so the space is free again when tiler looks
+        assert f"no space left on device ({folder})" in line

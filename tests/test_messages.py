@@ -52,3 +52,43 @@ def test_quiet_hides_warnings_and_progress_never_failures(tmp_path):
     result = run_tiler("run", flow, "-q")
     assert result.returncode == 1
     assert "1 failed" in result.stderr and "failed: " in result.stderr and "b.tif" in result.stderr
+
+
+def test_convert_names_what_is_wrong_with_the_checkpoint_itself(tmp_path):
+    raster = make_raster(tmp_path / "scene.tif", width=16, height=12)
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    not_ckpt = run_tiler("convert", raster, tmp_path / "out")
+    assert not_ckpt.returncode == 1 and "not a torch checkpoint" in not_ckpt.stderr
+    missing = run_tiler("convert", tmp_path / "none.ckpt", tmp_path / "out")
+    lines = shown_lines(missing.stderr)
+    assert missing.returncode == 1 and len(lines) == 1, missing.stderr
+    assert "none.ckpt: missing" in lines[0] and "config.yaml" not in lines[0]
+
+
+def test_convert_removes_the_staging_folders_of_dead_runs(tmp_path):
+    """A conversion SIGKILLed before its rename leaves .NAME.converting-PID-*; the next run
+    removes those whose process is gone, and leaves a live run's alone."""
+    import os
+
+    dead = tmp_path / ".out.converting-999999999-abc123"
+    live = tmp_path / f".out.converting-{os.getpid()}-def456"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "unet").mkdir()
+    raster = make_raster(tmp_path / "scene.tif", width=16, height=12)
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    run_tiler("convert", raster, tmp_path / "out")  # refused, but after the clean-up
+    assert not dead.exists() and live.exists()
+
+
+def test_a_key_of_another_task_is_not_suggested_as_itself(tmp_path):
+    (tmp_path / "scans").mkdir()
+    make_raster(tmp_path / "scans" / "a.tif", width=16, height=12)
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        'inputs: ["scans/*.tif"]\ndefaults:\n  mask: m.tif\nsteps:\n  - name: up\n'
+        '    task: upscale\n    model: nearest\n    output: "out/{stem}_x4.tif"\n'
+    )
+    result = run_tiler("run", flow)
+    assert result.returncode == 2 and "defaults.mask: no step takes 'mask'" in result.stderr
+    assert "did you mean" not in result.stderr

@@ -17,6 +17,7 @@ CLASSICAL = [
     (("--co", "PREDICTOR=3"), "--co", "PREDICTOR=3 is only supported with Float32 or Float64"),
     (("--format", "COG", "--co", "COMPRESS=NOPE"), "--co", "GDAL's COG driver"),
     (("--json",), "--json", "use it with --dry-run"),
+    (("--region", "10000000"), "--region", "one region would need about"),
 ]
 
 
@@ -47,6 +48,9 @@ LDM = [
     (("--eta", "1e308"), "--eta", "expected a finite number 0..1"),
     (("--steps", "1001"), "--steps", "has 1000 steps; expected at most 1000"),
     (("--sampler", "DDPMScheduler"), "--sampler", "draws its own random noise"),
+    (("--tile", "1000000000"), "--tile", "one UNet tile batch would need about"),
+    (("--decode-tile", "100000"), "--decode-tile", "one first-stage window batch would need"),
+    (("--region", "10000000"), "--region", "one region canvas would need about"),
 ]
 
 
@@ -62,3 +66,29 @@ def test_bad_sampling_values_are_refused_by_plan_and_upscale(
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert f"invalid value for {option}" in lines[0] and text in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_a_mask_dilation_that_cannot_fit_is_refused_even_in_a_dry_run(tmp_path):
+    from tiny_models import save_tiny_inpaint_model
+
+    model = save_tiny_inpaint_model(tmp_path / "model")
+    src = make_raster(tmp_path / "in.tif", width=32, height=32, dtype="uint8")
+    mask = make_raster(tmp_path / "mask.tif", width=32, height=32, count=1, dtype="uint8")
+    result = run_tiler("inpaint", src, tmp_path / "out.tif", "--model", model, "--mask", mask,
+                       "--dilate", "1000000", "--dry-run", "--device", "cpu")  # fmt: skip
+    lines = shown_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "invalid value for --dilate: one mask dilation would need about" in lines[0]
+    assert "of memory" in lines[0]
+
+
+def test_plan_shows_the_memory_of_the_largest_unit(tmp_path, tiny_model):
+    import json
+
+    src = make_raster(tmp_path / "in.tif", width=16, height=12, dtype="uint8")
+    for model in ("bicubic", tiny_model):
+        result = run_tiler("plan", src, "--model", model, "--json", "--device", "cpu")
+        summary = json.loads(result.stdout)
+        assert summary["unit_memory_max"] > 0 and summary["unit_memory_max_of"], summary
+    text = run_tiler("plan", src, "--model", tiny_model, "--device", "cpu").stdout
+    assert "unit_memory_max" in text and "GiB (about; one " in text

@@ -21,6 +21,9 @@ def reports_errors(command):
         verbose = kwargs.get("verbose", False)
         _log_to_stderr(verbose)
         signal.signal(signal.SIGTERM, _terminated)
+        # Ctrl-C raises KeyboardInterrupt even where the shell started us with SIGINT ignored
+        # (a background job of a script): stopping on request is the promise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except TilerError as exc:

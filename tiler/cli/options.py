@@ -200,12 +200,22 @@ def batch_size_option(prefix: str):
     )
 
 
+def threads_option(prefix: str):
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        help=f"{prefix}torch threads per model worker on a CPU [OMP_NUM_THREADS if set, else the "
+        "cores divided by the workers].",
+    )
+
+
 def model_run_options(command):
     """How a model runs, never what it computes (the generative commands; upscale has its own)."""
     return apply(
         command,
         [
             batch_size_option(""),
+            threads_option(""),
             click.option("--compile", is_flag=True, help="torch.compile the UNet and VQ."),
         ],
     )

@@ -70,7 +70,10 @@ def diffusion_options(params: dict):
 
 
 def print_plan(plan, as_json: bool):
-    summary = plan.summary()
+    from tiler.tasks.memory import largest_unit
+
+    unit, needed = largest_unit(plan)
+    summary = plan.summary() | {"unit_memory_max": needed, "unit_memory_max_of": unit}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -78,6 +81,10 @@ def print_plan(plan, as_json: bool):
     for key, value in summary.items():
         if key == "workdir_bytes_max":
             key, value = "workdir_max", f"{value / 2**30:.2f} GiB (uncompressed)"
+        elif key == "unit_memory_max":
+            value = f"{value / 2**30:.2f} GiB (about; one {unit})"
+        elif key == "unit_memory_max_of":
+            continue
         elif isinstance(value, list):
             value = (
                 " x ".join(map(str, value))

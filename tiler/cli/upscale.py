@@ -6,6 +6,7 @@ from tiler.cli.options import (
     batch_size_option,
     execution_options,
     run_options,
+    threads_option,
     upscale_arguments,
     verbosity,
 )
@@ -17,6 +18,7 @@ from tiler.cli.running import plan_kwargs, run_or_print
 @run_options
 @execution_options
 @batch_size_option("LDM: ")
+@threads_option("LDM: ")
 @click.option("--compile", is_flag=True, help="LDM: torch.compile the UNet and decoder.")
 @lambda command: apply(
     command,

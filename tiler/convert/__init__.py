@@ -67,11 +67,17 @@ the UNet must call ``config.restore_attention_heads`` (idempotent; tiler.models 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from tiler.convert.checkpoint import Converted, convert_state_dict, load_checkpoint
+from tiler.convert.checkpoint import (
+    Converted,
+    check_checkpoint_file,
+    convert_state_dict,
+    load_checkpoint,
+)
 from tiler.convert.config import Conversion, read_config
 from tiler.errors import OutputError
 from tiler.ldm.card import (
@@ -93,6 +99,8 @@ def convert_checkpoint(
     at all (built in a temporary sibling folder, renamed at the end). Returns ``out_dir``."""
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     config_path = Path(config_path) if config_path else ckpt_path.parent / "config.yaml"
+    _remove_stale_staging(out_dir)
+    check_checkpoint_file(ckpt_path)
     _check_destination(out_dir, overwrite)
     conversion = read_config(config_path)
     state = load_checkpoint(ckpt_path)
@@ -110,7 +118,9 @@ def convert_checkpoint(
         }
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-{os.getpid()}-", dir=out_dir.parent)
+    )
     try:
         _write_folder(staging, converted, conversion, card)
         read_card(staging)  # the folder checks tiler's loaders make
@@ -119,6 +129,25 @@ def convert_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove the staging folders of conversions into ``out_dir`` whose process is gone (a run
+    killed before its rename); those of a live run are left alone."""
+    for folder in out_dir.parent.glob(f".{out_dir.name}.converting-*"):
+        match = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.converting-(\d+)-\w+", folder.name)
+        if match is None or not _alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _model_name(ckpt_path: Path) -> str:

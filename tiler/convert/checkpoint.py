@@ -58,6 +58,23 @@ class _InertPlaceholder:
 
 # --- reading the checkpoint
 # ------------------------------------------------------------------------
+def check_checkpoint_file(path: Path) -> None:
+    """Refuse what is not a torch checkpoint file (a zip archive, or a legacy pickle) before
+    reading its config or unpickling anything."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing (expected a CompVis .ckpt checkpoint)") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: a folder; expected a CompVis .ckpt checkpoint file") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ModelError(
+            f"{path}: not a torch checkpoint (it starts with {head!r}; expected a zip archive or "
+            "a pickle, as torch.save writes)"
+        )
+
+
 def load_checkpoint(path) -> dict:
     """The ``state_dict`` of a CompVis checkpoint, read with ``weights_only=True``."""
     import pickle

@@ -158,8 +158,10 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker):
         plan = plan_from_json(self.plan_json)
         self.runner = ModelRunner.load(plan, self.runtime)
-        # one torch thread per worker thread unless the worker's environment says otherwise
-        self.runner.limit_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+        # --threads, else one torch thread per worker thread unless the worker's environment says
+        # otherwise
+        given = self.runtime.threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
+        self.runner.limit_threads(given)
 
     def teardown(self, worker):
         self.runner = None

@@ -8,6 +8,7 @@ the COG driver, which would buffer the whole raster.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,29 +31,65 @@ def export(workdir: Workdir, progress: bool, overwrite: bool, wait_for=None) -> 
     partial = partial_path(final)
     _remove(partial)
     try:
-        if plan.output.format == "Zarr":
-            _write_zarr(workdir, partial, progress, wait_for)
-        elif plan.output.format == "GTiff":
-            _write_gtiff(workdir, partial, plan.output.creation_options, progress, wait_for)
-        else:
-            staging = workdir.path / "export.tif"
-            _remove(staging)
-            _write_gtiff(
-                workdir,
-                staging,
-                creation_options(plan.output.dtype, "GTiff", {}),
-                progress,
-                wait_for,
-            )
-            _copy_to_cog(staging, partial, plan.output.creation_options)
-            staging.unlink()
-        if plan.output.format != "Zarr":
-            _check_written(partial, plan.output.creation_options)
+        with _gdal_messages_logged():
+            _write(workdir, plan, partial, progress, wait_for)
     except BaseException as exc:
+        reason = _reason(exc, partial)  # before removing: a full disk is still full
         _remove(partial)
         if isinstance(exc, (KeyboardInterrupt, SystemExit, OutputError, GateClosed)):
             raise
-        raise OutputError(f"{final}: writing the output failed: {_one_line(exc)}") from exc
+        raise OutputError(f"{final}: writing the output failed: {reason}") from exc
+    _replace(partial, final, overwrite)
+
+
+def _write(workdir: Workdir, plan, partial: Path, progress: bool, wait_for) -> None:
+    """The output's bytes at ``partial``: Zarr, or a GeoTIFF written block by block (a COG is
+    that GeoTIFF copied by GDAL's COG driver, which streams); GeoTIFF blocks checked after."""
+    if plan.output.format == "Zarr":
+        _write_zarr(workdir, partial, progress, wait_for)
+        return
+    if plan.output.format == "GTiff":
+        _write_gtiff(workdir, partial, plan.output.creation_options, progress, wait_for)
+    else:
+        staging = workdir.path / "export.tif"
+        _remove(staging)
+        options = creation_options(plan.output.dtype, "GTiff", {})
+        _write_gtiff(workdir, staging, options, progress, wait_for)
+        _copy_to_cog(staging, partial, plan.output.creation_options)
+        staging.unlink()
+    _check_written(partial, plan.output.creation_options)
+
+
+def _gdal_messages_logged():
+    """GDAL's messages to logging, not stderr, while writing: the one error line tiler prints
+    says what happened. (libtiff's I/O errors, "_tiffWriteProc: No space left on device", are
+    printed by libtiff itself and still reach stderr.)"""
+    import rasterio
+
+    return rasterio.Env()
+
+
+def _reason(error: BaseException, partial: Path) -> str:
+    """The failure's reason; a full disk always says so, with the folder."""
+    text = _one_line(error)
+    chain, cause = [error], error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+        chain.append(cause)
+    full = any(
+        getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain
+    )
+    try:
+        full = full or shutil.disk_usage(partial.parent).free < 1 << 20
+    except OSError:
+        pass
+    if full and "no space left on device" not in text.lower():
+        return f"no space left on device ({partial.parent}): {text}"
+    return text
+
+
+def _replace(partial: Path, final: Path, overwrite: bool) -> None:
+    """Move the whole ``partial`` file under the final name (never over a foreign folder)."""
     if final.exists():
         if final.is_dir() and not written_by_tiler(final):
             _remove(partial)

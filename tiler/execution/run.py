@@ -90,7 +90,10 @@ def _keep_only_resumable_work(error: Exception, store: Workdir, resumed: bool, g
     """After a failure: a new workdir with no unit done is removed (nothing to resume); one that
     holds done work is kept, and the error says so."""
     if not resumed and not store.has_progress():
-        remove_workdir(store.path, keep_folder=given_empty)
+        try:
+            remove_workdir(store.path, keep_folder=given_empty)
+        except OSError as exc:  # never hide the failure behind the clean-up's
+            log.warning("could not remove the workdir %s: %s", store.path, exc)
     elif isinstance(error, TilerError) and len(error.args) == 1:
         error.args = (
             f"{error.args[0]}; {store.path} keeps the work done: run the same command "
@@ -140,7 +143,7 @@ def _thread_executor(
         return ThreadExecutor(build_task(plan, store, reader), workers or cores)
     model = ModelRunner.load(plan, runtime)
     model_workers, other_workers = worker_counts(model.device.type, cores, workers)
-    model.limit_threads(torch_threads(cores, model_workers))
+    model.limit_threads(torch_threads(cores, model_workers, runtime.threads))
     task = build_task(plan, store, reader, model, runtime.batch_size)
     return ThreadExecutor(
         task,
@@ -149,9 +152,11 @@ def _thread_executor(
     )
 
 
-def torch_threads(cores: int, model_workers: int) -> int:
-    """torch threads per model worker: the user's OMP_NUM_THREADS where set (a shared machine, a
-    batch job's share of it), else the cores split between the workers."""
+def torch_threads(cores: int, model_workers: int, threads: int | None = None) -> int:
+    """torch threads per model worker: ``--threads``, else the user's OMP_NUM_THREADS where set (a
+    shared machine, a batch job's share of it), else the cores split between the workers."""
+    if threads:
+        return threads
     given = os.environ.get("OMP_NUM_THREADS", "").strip()
     if given.isdigit() and int(given) > 0:
         return int(given)

@@ -140,9 +140,12 @@ class ThreadExecutor:
                     on_done,
                     self.task.unit_names[name],
                 )
+        except Exception:  # a unit failed: queued units never start, running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         except BaseException:
-            # a failure, Ctrl-C or SIGTERM: queued units never start; those running are not
-            # waited for here (their chunks stay unmarked, so a rerun computes them)
+            # Ctrl-C or SIGTERM: queued units never start; those running are not waited for
+            # (their chunks stay unmarked, so a rerun computes them)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

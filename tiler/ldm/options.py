@@ -37,6 +37,7 @@ class RuntimeOptions:
     batch_size: int | None = None  # tiles per UNet call; default by device
     compile: bool = False
     allow_pickle: bool = False
+    threads: int | None = None  # torch threads per model worker; default OMP_NUM_THREADS or cores
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from tiler.geometry.weights import tile_weights
 from tiler.raster.sources import RasterInfo, SourceReader, describe, parse_bands
 from tiler.raster.values import to_pixels, valid_mask
 from tiler.tasks.base import Task
+from tiler.tasks.memory import check_memory
 from tiler.tasks.planning import grid_sizes, plan_with_output
 from tiler.workdir import arrays
 from tiler.workdir.plan import Plan
@@ -51,7 +52,7 @@ def plan_classical(
     context = ClassicalUpscaler(kernel, scale).context
     sizes = grid_sizes(GRID_DEFAULTS, **grid)
     sizes["chunk"] = sizes["region"]  # a halo-free region writes its core as one output chunk
-    return plan_with_output(
+    plan = plan_with_output(
         info,
         input_path,
         output_path,
@@ -64,6 +65,8 @@ def plan_classical(
         bands=bands,
         **sizes,
     )
+    check_memory(plan)
+    return plan
 
 
 def plan_export(

@@ -78,6 +78,7 @@ def plan_inpaint(
         creation_overrides=creation_overrides,
         grid=dict(tile=tile, overlap=overlap, region=region, halo=halo),
         diffusion=diffusion,
+        dilate=mask.dilate,
         mask=MaskPlan(source=mask.source, masked_px=0, tiles_touched=0),
     )
     return plan.model_copy(update={"mask": _scan(mask, info, band_list, plan)})

@@ -39,6 +39,7 @@ from tiler.ldm.runner import ModelRunner, load_norms
 from tiler.raster.sources import RasterInfo, SourceReader, read_reflected
 from tiler.raster.values import valid_mask
 from tiler.tasks.base import Task
+from tiler.tasks.memory import check_memory, widths
 from tiler.tasks.planning import grid_sizes, plan_with_output
 from tiler.workdir import arrays
 from tiler.workdir.plan import Plan
@@ -74,6 +75,7 @@ def plan_latent_grid(
     creation_overrides: dict[str, str] | None,
     grid: dict[str, int | None],
     diffusion: DiffusionOptions,
+    dilate: int = 0,
     **extra,
 ) -> Plan:
     """The plan of ``command`` (inpaint, synthesize) on ``info`` with the model in ``folder``;
@@ -91,7 +93,7 @@ def plan_latent_grid(
     spec = sampling_spec(
         folder.path, folder.weights, folder.latent_channels, info, bands, diffusion
     )
-    return plan_with_output(
+    plan = plan_with_output(
         info,
         input_path,
         output_path,
@@ -108,6 +110,8 @@ def plan_latent_grid(
         **sizes,
         **extra,
     )
+    check_memory(plan, *widths(folder), dilate=dilate)
+    return plan
 
 
 def check_tile(tile: int, folder: ModelFolder, model: str):

@@ -15,11 +15,12 @@ import numpy as np
 from tiler.errors import BadParameter
 from tiler.geometry import back_projection
 from tiler.geometry.grid import Box
-from tiler.ldm.folders import inspect_model
+from tiler.ldm.folders import ModelFolder, inspect_model
 from tiler.ldm.options import DiffusionOptions, sampling_spec
 from tiler.raster.sources import RasterInfo, read_reflected
 from tiler.raster.values import to_pixels, valid_mask
 from tiler.tasks.ldm import LDMTask, check_tile
+from tiler.tasks.memory import check_memory, widths
 from tiler.tasks.planning import grid_sizes, plan_with_output
 from tiler.workdir import arrays
 from tiler.workdir.plan import DiffusionSpec, Plan
@@ -55,8 +56,9 @@ def plan_superres(
     the run; ``grid``: the user's tile, overlap, region and halo (None = default)."""
     sizes = grid_sizes(GRID_DEFAULTS, **grid)
     sizes["chunk"] = chunk or GRID_DEFAULTS["chunk"]
-    spec, scale = diffusion_spec(model, info, bands, scale, sizes["tile"], diffusion)
-    return plan_with_output(
+    spec, folder = diffusion_spec(model, info, bands, scale, sizes["tile"], diffusion)
+    scale = folder.factor
+    plan = plan_with_output(
         info,
         input_path,
         output_path,
@@ -70,6 +72,8 @@ def plan_superres(
         diffusion=spec,
         **sizes,
     )
+    check_memory(plan, *widths(folder))
+    return plan
 
 
 def diffusion_spec(
@@ -79,9 +83,9 @@ def diffusion_spec(
     scale: int | None,
     tile: int,
     options: DiffusionOptions,
-) -> tuple[DiffusionSpec, int]:
+) -> tuple[DiffusionSpec, ModelFolder]:
     """Check the model folder and the options against the input, without loading weights.
-    Returns the spec and the model's scale (its first stage's downsampling factor)."""
+    Returns the spec and the folder (its factor is the model's scale)."""
     folder = inspect_model(model, "superres", allow_pickle=options.allow_pickle)
     factor, cond_channels = folder.factor, folder.cond_channels
     if scale is not None and scale != factor:
@@ -103,7 +107,7 @@ def diffusion_spec(
         options,
         back_project=_back_project(options, factor, model),
     )
-    return spec, factor
+    return spec, folder
 
 
 def _back_project(options: DiffusionOptions, factor: int, model: str) -> bool:

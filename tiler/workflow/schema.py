@@ -125,6 +125,7 @@ class SamplingKeys(BaseModel):
     allow_pickle: bool = False
     batch_size: int | None = Field(default=None, ge=1)
     compile: bool = False
+    threads: int | None = Field(default=None, ge=1)  # torch threads per model worker (CPU)
 
     @field_validator("range", mode="before")
     @classmethod

@@ -107,4 +107,6 @@ def _allowed_keys(source: Source, parent: KeyPath) -> list[str]:
 
 def _did_you_mean(key, allowed) -> str:
     close = difflib.get_close_matches(str(key), allowed, n=1)
+    if close and close[0] == str(key):  # valid elsewhere (another task's key): no suggestion
+        return f" {key!r}"
     return f" {key!r} (did you mean {close[0]!r}?)" if close else f" {key!r}"
