@@ -1,8 +1,7 @@
 #!/usr/bin/env python
 """LDM inpainting throughput on the real CompVis architecture
-(benchmarks/configs/ldm-inpainting.json:
-UNet 387M parameters, VQ f=4 without attention) with random weights: the compute cost is the real
-one.
+(benchmarks/configs/ldm-inpainting.json: UNet 387M parameters, VQ f=4 without attention) with random
+weights: the compute cost is the real one.
 
     python benchmarks/inpaint.py --device cpu --size 256 --steps 2 --tile 32 --overlap 8 \\
         --region 64 --halo 8 --decode-tile 32 --decode-halo 8      # small CPU configuration

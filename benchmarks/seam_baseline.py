@@ -7,8 +7,7 @@ decoded tiles are feathered into the output with partition-of-unity pixel weight
 tiler's own pieces (the plan, the normalisation of ``SuperResolutionTask.condition``, the sampler
 ``denoise_canvas`` with a one-tile canvas, which also gives each tile the keyed noise of its own
 window, ``ModelRunner.decode_latents``, ``tile_weights``), so that ONLY the sampling strategy
-differs
-from a tiler run with the same model, seed, tile and overlap.
+differs from a tiler run with the same model, seed, tile and overlap.
 
 Usage (from the repository root, with the project's venv active):
 
@@ -243,11 +242,11 @@ def tiler_fused(
     """The real ``tiler upscale`` (``plan_upscale`` + ``run_plan``) with the same tile geometry.
 
     Defaults: one region covering the raster (``halo`` = the overlap, irrelevant then) and one
-    decode
-    tile covering it too (``decode_tile`` = raster size, tiler's default ``decode_halo``), so the
-    decoder's own tiles add no boundaries of their own; pass ``region`` / ``decode_tile`` to measure
-    those as well. Keep ``decode_halo`` > 0: the decoder's edge effects at the raster's edges would
-    otherwise land on the seam report's reference lines near them (with the tiny model tiler's index
+    decode tile covering it too (``decode_tile`` = raster size, tiler's default ``decode_halo``), so
+    the decoder's own tiles add no boundaries of their own; pass ``region`` / ``decode_tile`` to
+    measure those as well. Keep ``decode_halo`` > 0: the decoder's edge effects at the raster's
+    edges would otherwise land on the seam report's reference lines near them (with the tiny model
+    tiler's index
     then drops to about 0.5 with invisible seams)."""
     import torch
 

@@ -204,8 +204,8 @@ def tiler_run(model_dir: Path, source: Path, work: Path, args, steps: int, compi
 
 
 def decode_error(model_dir: Path, device: str, latent: int, tile: int, halos, batch: int = 4):
-    """Tiled decode (tiler.first_stage) against one whole-canvas decode: error in [-1, 1] units and
-    throughput, for several halos."""
+    """Tiled decode (tiler.ldm.first_stage) against one whole-canvas decode: error in [-1, 1]
+    units and throughput, for several halos."""
     import torch
     from diffusers import VQModel
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Tiled first-stage decode (tiler.first_stage) against one whole-canvas decode, per decode halo,
-with
-each window's own GroupNorm statistics and with one shared set (tiler/norm_stats.py), for a first
-stage without attention (the inpainting VQ layout) or with it (the SR VQ).
+"""Tiled first-stage decode (tiler.ldm.first_stage) against one whole-canvas decode, per decode
+halo, with each window's own GroupNorm statistics and with one shared set
+(tiler/ldm/norm_stats.py), for a first stage without attention (the inpainting VQ layout) or
+with it (the SR VQ).
 
     python benchmarks/tiled_decode_error.py                       # tiny inpainting-layout VQ, CPU
     python benchmarks/tiled_decode_error.py --real                # the real inpainting VQ (random

@@ -104,8 +104,7 @@ def test_a_core_grown_by_the_halo_gets_the_whole_arrays_correction():
 # --- LDM super-resolution
 # ---------------------------------------------------------------------------
 # Several regions, tiles and decode tiles on a small raster; the back-projection halo (12 low-res
-# px)
-# reaches past its edges, so reflection is exercised on every side.
+# px) reaches past its edges, so reflection is exercised on every side.
 GRID = dict(tile=16, overlap=4, region=24, halo=4)
 FAST = dict(steps=2, decode_tile=16, decode_halo=4, device="cpu")
 

@@ -2,16 +2,13 @@
 model.
 
 The checkpoints are built here in CompVis' key layout, from literal CompVis names (no CompVis code
-is
-a dependency): ``compvis_keys`` lists every (name, shape) of a LatentDiffusion state_dict, and
+is a dependency): ``compvis_keys`` lists every (name, shape) of a LatentDiffusion state_dict, and
 ``CompVisReference`` runs CompVis' forward passes (openaimodel.UNetModel, the taming
-Encoder/Decoder,
-VectorQuantizer2) on those names with torch.nn.functional. Both were checked against the real
-CompVis
-modules (latent-diffusion, taming-transformers) with these configs: same key set and shapes (the
-recorded LAYOUT digests below), same outputs to float rounding. The converted diffusers modules must
-then reproduce the reference; a mapping bug cannot cancel out, as nothing here inverts the
-converter.
+Encoder/Decoder, VectorQuantizer2) on those names with torch.nn.functional. Both were checked
+against the real CompVis modules (latent-diffusion, taming-transformers) with these configs: same
+key set and shapes (the recorded LAYOUT digests below), same outputs to float rounding. The
+converted diffusers modules must then reproduce the reference; a mapping bug cannot cancel out, as
+nothing here inverts the converter.
 """
 
 from __future__ import annotations

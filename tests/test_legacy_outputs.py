@@ -29,8 +29,7 @@ computing only the undone units, to the old output bit for bit; `tiler qa` reads
 The fingerprint hashes absolute paths, so it equals the recorded one only on the root the fixture
 was made under: the fingerprint test, and the in-place variant of the resume test, use that root
 itself (under a lock, removed afterwards; skipped where it cannot be used). The relocated variant
-and
-the qa tests use a copy under tmp_path with the placeholder replaced.
+and the qa tests use a copy under tmp_path with the placeholder replaced.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ import click
 # GDAL's block cache defaults to 5% of RAM; tiler reads and writes block by block, so a bounded
 # cache keeps peak memory flat whatever the machine (the user's GDAL_CACHEMAX, in MB, wins).
 os.environ.setdefault("GDAL_CACHEMAX", "256")
+# GDAL's default error handler prints what no handler took (libtiff's I/O errors from GDAL's
+# compression threads: "_tiffWriteProc: No space left on device", several per failure) straight
+# to stderr; tiler reports the failure itself, in one line. -v (or the user's CPL_LOG) keeps them.
+if not {"-v", "--verbose"} & set(sys.argv):
+    os.environ.setdefault("CPL_LOG", os.devnull)
 
 from tiler import __version__
 from tiler.cli.convert import convert_command

@@ -100,7 +100,7 @@ def upscale_arguments(command):
 
 
 def back_project_option():
-    """Super-resolution's consistency with its input (tiler/back_projection.py)."""
+    """Super-resolution's consistency with its input (tiler/geometry/back_projection.py)."""
     from tiler.geometry.back_projection import ENABLED_BY_DEFAULT
 
     return click.option(

@@ -1,5 +1,5 @@
 """``tiler convert``: an original CompVis latent-diffusion checkpoint (``.ckpt``) and its
-``config.yaml`` -> a tiler model folder (see tiler/model_card.py): diffusers ``unet/``, ``vqvae/``,
+``config.yaml`` -> a tiler model folder (see tiler/ldm/card.py): diffusers ``unet/``, ``vqvae/``,
 ``scheduler/``, ``tiler.yaml`` and, for semantic synthesis,
 ``cond_stage/label_rescaler.safetensors``.
 

@@ -34,7 +34,7 @@ def export(workdir: Workdir, progress: bool, overwrite: bool, wait_for=None) -> 
         with _gdal_messages_logged():
             _write(workdir, plan, partial, progress, wait_for)
     except BaseException as exc:
-        reason = _reason(exc, partial)  # before removing: a full disk is still full
+        reason = _reason(exc, partial, workdir.path / "export.tif")  # before removing the file
         _remove(partial)
         if isinstance(exc, (KeyboardInterrupt, SystemExit, OutputError, GateClosed)):
             raise
@@ -69,18 +69,21 @@ def _gdal_messages_logged():
     return rasterio.Env()
 
 
-def _reason(error: BaseException, partial: Path) -> str:
-    """The failure's reason; a full disk always says so, with the folder."""
+def _reason(error: BaseException, partial: Path, staging: Path) -> str:
+    """The failure's reason; a full disk always says so, with the folder: an ENOSPC anywhere in
+    the chain, less than 1 MiB free, or less free than the staged GeoTIFF a COG is copied from
+    (GDAL removes a COG it failed to write, so the space is free again by now)."""
     text = _one_line(error)
     chain, cause = [error], error
     while cause.__cause__ is not None or cause.__context__ is not None:
         cause = cause.__cause__ or cause.__context__
         chain.append(cause)
-    full = any(
-        getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain
-    )
+    full = any(getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+               for e in chain)  # fmt: skip
     try:
-        full = full or shutil.disk_usage(partial.parent).free < 1 << 20
+        free = shutil.disk_usage(partial.parent).free
+        needed = staging.stat().st_size if staging.is_file() else 0
+        full = full or free < max(1 << 20, needed)
     except OSError:
         pass
     if full and "no space left on device" not in text.lower():

@@ -3,7 +3,7 @@
 - ``ThreadExecutor``: this process, a pool of threads calling the task object. The heavy work (GDAL
   reads, torch kernels, Zarr compression) releases the GIL, so threads use all cores without
   pickling models or plans.
-- ``tiler.distributed.DaskExecutor``: the same units as Dask tasks on a cluster.
+- ``tiler.execution.dask_executor.DaskExecutor``: the same units as Dask tasks on a cluster.
 
 Both feed ``track_stage``: one progress bar per stage, ``on_done`` per finished unit, and on the
 first failure the units not yet started are cancelled and the error is raised naming its unit.

@@ -48,8 +48,7 @@ def region_profile(extent_start: int, extent_stop: int, length: int, halo: int) 
     """1-D weights of a region's extent on an axis of ``length`` px.
 
     Neighbouring regions overlap by ``2 * halo`` px around their shared core boundary; the ramp
-    spans
-    that overlap. Sides on the raster edge have no neighbour and no ramp.
+    spans that overlap. Sides on the raster edge have no neighbour and no ramp.
     """
     return edge_ramp(
         extent_stop - extent_start, 2 * halo, rise=extent_start > 0, fall=extent_stop < length

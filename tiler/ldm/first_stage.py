@@ -8,8 +8,8 @@ edge) and only its core is kept, so every px comes from exactly one window and n
 twice. The SR decoder has a global attention in its mid block, so a window's
 result differs from a whole-canvas decode, most near its edges; the halo keeps the core's error
 small (``benchmarks/superres_gpu.py`` measures it against the halo). A first stage without
-attention, given shared GroupNorm statistics (tiler/norm_stats.py), is exact with a halo covering
-its reach (``benchmarks/tiled_decode_error.py``). The windows of a chunk depend
+attention, given shared GroupNorm statistics (tiler/ldm/norm_stats.py), is exact with a halo
+covering its reach (``benchmarks/tiled_decode_error.py``). The windows of a chunk depend
 only on the plan; how many are decoded per call is the device's choice (the decoder is made batch
 invariant on CPU).
 """

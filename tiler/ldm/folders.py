@@ -1,7 +1,6 @@
 """Model folders: finding them (a local folder, or a Hugging Face hub id through its cache),
-checking
-their weights (safetensors only unless ``--allow-pickle``: unpickling can run arbitrary code) and
-reading what planning needs without loading weights, for both formats:
+checking their weights (safetensors only unless ``--allow-pickle``: unpickling can run arbitrary
+code) and reading what planning needs without loading weights, for both formats:
 
 - a diffusers ``LDMSuperResolutionPipeline`` folder (``model_index.json``; unet/, vqvae/,
   scheduler/), the CompVis 4x model's layout;
@@ -26,7 +25,7 @@ from tiler.ldm.card import CARD, ModelCard, read_card
 
 DEFAULT_SR_MODEL = "CompVis/ldm-super-resolution-4x-openimages"
 
-# The classical models of tiler/resample.py (kept here as names so this module stays light).
+# The classical models of tiler/geometry/resample.py (names only: this module stays light).
 CLASSICAL_MODELS = ("nearest", "bicubic", "lanczos")
 
 MODEL_ACCEPTED = (
@@ -51,8 +50,8 @@ SR_COMPONENTS = {"unet": "UNet2DModel", "vqvae": "VQModel"}
 def resolve_model_dir(model: str, allow_pickle: bool = False) -> Path:
     """The local folder holding ``model``: an existing directory as is (it must hold
     model_index.json or a tiler.yaml card), or the Hugging Face cache snapshot of the hub id
-    ``owner/name`` (downloaded
-    when the hub can be reached: json configs and safetensors weights, plus ``*.bin`` weights when
+    ``owner/name`` (downloaded when the hub can be reached: json configs and safetensors weights,
+    plus ``*.bin`` weights when
     ``allow_pickle``)."""
     text = str(model).strip()
     path = Path(text).expanduser()

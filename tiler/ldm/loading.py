@@ -95,7 +95,7 @@ def load_sr_model(
 def load_ldm_model(
     model_dir, device: str = "auto", dtype: str | None = None, allow_pickle: bool = False
 ) -> LDMModel:
-    """Load a model in tiler's model-directory format (``tiler.yaml``, see tiler/model_card.py)
+    """Load a model in tiler's model-directory format (``tiler.yaml``, see tiler/ldm/card.py)
     with a VQ first stage; the same checks, placement and CPU batch invariance as LDM-SR."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

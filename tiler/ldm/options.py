@@ -1,6 +1,5 @@
 """What an LDM run is asked for (``DiffusionOptions``) and how it runs (``RuntimeOptions``), their
-one
-set of defaults (read by the CLI's help too), and ``sampling_spec``: the options checked and
+one set of defaults (read by the CLI's help too), and ``sampling_spec``: the options checked and
 resolved into the plan's ``DiffusionSpec``.
 """
 

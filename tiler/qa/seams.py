@@ -141,7 +141,7 @@ class SeamGeometry:
                 kinds.setdefault(j * self.region, set()).add("region")
         if (
             self.decode_tile is not None
-        ):  # decode tiles sit on a grid anchored at 0 (tiler/first_stage.py)
+        ):  # decode tiles sit on a grid anchored at 0 (tiler/ldm/first_stage.py)
             for edge in range(self.decode_tile, axis.length, self.decode_tile):
                 kinds.setdefault(edge, set()).add("decode")
         lines = {edge * self.scale: frozenset(names) for edge, names in kinds.items()}

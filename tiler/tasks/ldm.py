@@ -14,7 +14,7 @@ assemble  blend the latents of the regions touching a chunk (region weights) -> 
 decoder_stats  (shared statistics, the default; one unit) measure the decoder's GroupNorm
           statistics over a sample of the latent, so that every window decodes with the same ones
 block_means  (super-resolution with ``--back-project``) decode the chunk, store its f x f block
-means
+          means
 decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels -> ``output``
 
 Each statistics stage writes a small .npy file in the workdir that every later unit reads.

@@ -26,15 +26,14 @@ from tiler.workdir import arrays
 from tiler.workdir.plan import DiffusionSpec, Plan
 
 # Grid defaults in latent px (= low-res px), from benchmarks/superres_gpu.py on an H100: tiles of
-# 128
-# keep the UNet efficient; an overlap of 16 blends tiles over 64 output px; regions of 1024 with a
-# halo of 32 keep the computed area within about 1.8x the raster (region 512 and overlap 32 gave
+# 128 keep the UNet efficient; an overlap of 16 blends tiles over 64 output px; regions of 1024 with
+# a halo of 32 keep the computed area within about 1.8x the raster (region 512 and overlap 32 gave
 # 2.6x); regions of 2048 compute 13% less on a 50000 px output (1.54x, benchmarks/region_size.py)
 # but leave GPUs idle on mid-size rasters (a 20000 px output: 9 regions for 8 GPUs against 25), so
 # the default stays 1024 and one GPU may pass --region 2048; decode windows of 128 + 2 x 16 cost
-# 1.56x a halo-free decode (+32: 2.25x).
-# Output chunks of 256 latent px (1024 output px) are the unit of decoding: small enough that two
-# threads keep the GPU busy while one does a chunk's CPU work.
+# 1.56x a halo-free decode (+32: 2.25x). Output chunks of 256 latent px (1024 output px) are the
+# unit of decoding: small enough that two threads keep the GPU busy while one does a chunk's CPU
+# work.
 GRID_DEFAULTS = dict(tile=128, overlap=16, region=1024, halo=32, chunk=256)
 
 

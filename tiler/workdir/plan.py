@@ -92,15 +92,15 @@ class DiffusionSpec(_Frozen):
     latent_channels: int
     decode_tile: int
     decode_halo: int
-    # a first stage without attention: one set of GroupNorm statistics per run (tiler/norm_stats.py)
+    # one set of first-stage GroupNorm statistics per run (tiler/ldm/norm_stats.py)
     shared_norm: bool = False
     # super-resolution: every output block's mean made the input px under it
-    # (tiler/back_projection.py)
+    # (tiler/geometry/back_projection.py)
     back_project: bool = False
 
 
 class MaskPlan(_Frozen):
-    """Inpainting: where the area to fill comes from (see tiler/mask.py), the mask file's
+    """Inpainting: where the area to fill comes from (see tiler/raster/mask.py), the mask file's
     identity, and what the plan-time scan found."""
 
     source: Literal["file", "nodata", "band"]

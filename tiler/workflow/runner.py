@@ -39,8 +39,8 @@ from tiler.workdir.plan import Plan
 from tiler.workflow.schema import SamplingKeys, Workflow
 from tiler.workflow.source import Source, WorkflowError
 
-# a library option's plain name (BadParameter.option) -> the step key, where it is not the name
-# with dashes
+# a library option's plain name (BadParameter.option) -> the step key, where it is not the name with
+# dashes
 OPTION_KEYS = {"bands": "bidx", "value_range": "range"}
 FILE_KEYS = ("mask", "classes")  # step keys naming a file per input (templates, like output)
 
