@@ -69,6 +69,27 @@ def tiny_vqvae():
     )
 
 
+def tiny_kl():
+    """An AutoencoderKL (the KL first stage of Stable Diffusion-style LDMs) with the tiny VQ's
+    levels (f = 4), 3 latent channels and a scaling factor, as a ``vae/`` folder holds it."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=3,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=0.5,
+        mid_block_add_attention=False,
+    )
+
+
 def tiny_scheduler():
     from diffusers.schedulers import DDIMScheduler
 
@@ -100,11 +121,18 @@ def save_tiny_sr_model(path, seed: int = 0, safetensors: bool = True) -> Path:
 
 
 def save_tiny_ldm(
-    path, task: str, conditioning: dict, cond_channels: int, seed: int = 0, attention: bool = True
+    path,
+    task: str,
+    conditioning: dict,
+    cond_channels: int,
+    seed: int = 0,
+    attention: bool = True,
+    first_stage: str = "vqvae",
 ) -> Path:
-    """A tiny model in tiler's model-directory format (unet/, vqvae/, scheduler/, tiler.yaml):
-    the real inpainting / synthesis layouts (``../shared/models/ldm-*.json``), tiny widths.
-    ``attention=False``: a first stage without mid-block attention, like the inpainting VQ."""
+    """A tiny model in tiler's model-directory format (unet/, vqvae/ or vae/, scheduler/,
+    tiler.yaml): the real inpainting / synthesis layouts (``../shared/models/ldm-*.json``), tiny
+    widths. ``attention=False``: a first stage without mid-block attention, like the inpainting
+    VQ; ``first_stage="vae"``: a KL first stage (AutoencoderKL) instead of the VQ."""
     import torch
 
     from tiler.ldm.card import ModelCard, write_card
@@ -113,14 +141,11 @@ def save_tiny_ldm(
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     with_config(tiny_unet(), in_channels=3 + cond_channels).save_pretrained(path / "unet")
-    with_config(tiny_vqvae(), mid_block_add_attention=attention).save_pretrained(path / "vqvae")
+    coder = tiny_vqvae() if first_stage == "vqvae" else tiny_kl()
+    with_config(coder, mid_block_add_attention=attention).save_pretrained(path / first_stage)
     tiny_scheduler().save_pretrained(path / "scheduler")
-    write_card(
-        path,
-        ModelCard.model_validate(
-            {"task": task, "conditioning": conditioning, "name": f"tiny {task}"}
-        ),
-    )
+    card = {"task": task, "conditioning": conditioning, "name": f"tiny {task}"}
+    write_card(path, ModelCard.model_validate(card | {"first-stage": first_stage}))
     return path
 
 
@@ -131,9 +156,16 @@ def with_config(module, **changes):
     return type(module)(**(config | changes))
 
 
-def save_tiny_inpaint_model(path, seed: int = 0) -> Path:
+def save_tiny_inpaint_model(path, seed: int = 0, first_stage: str = "vqvae") -> Path:
+    """``first_stage``: ``vqvae`` (the CompVis inpainting layout) or ``vae`` (a KL first stage)."""
     return save_tiny_ldm(
-        path, "inpaint", {"kind": "masked-image-and-mask"}, 3 + 1, seed, attention=False
+        path,
+        "inpaint",
+        {"kind": "masked-image-and-mask"},
+        3 + 1,
+        seed,
+        attention=False,
+        first_stage=first_stage,
     )
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -20,10 +21,10 @@ def reports_errors(command):
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
         _log_to_stderr(verbose)
-        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGTERM, _stop_requested)
         # Ctrl-C raises KeyboardInterrupt even where the shell started us with SIGINT ignored
         # (a background job of a script): stopping on request is the promise
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _stop_requested)
         try:
             return command(*args, **kwargs)
         except TilerError as exc:
@@ -69,8 +70,27 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
 
-def _terminated(signum, frame):
-    raise Terminated()
+# seconds the main thread has to unwind after Ctrl-C or SIGTERM before the process exits anyway
+STOP_GRACE = 5.0
+STOPS = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+
+
+def _stop_requested(signum, frame):
+    """Ctrl-C or SIGTERM: unwind the main thread (KeyboardInterrupt / Terminated, which the
+    executors answer by cancelling queued units), and arm a watchdog that exits anyway after
+    STOP_GRACE seconds, should the main thread be held up (a long C call, a lock)."""
+    code, word = STOPS[signum]
+    if not getattr(_stop_requested, "armed", False):
+        _stop_requested.armed = True
+        watchdog = threading.Timer(STOP_GRACE, _exit_now, args=(word, code))
+        watchdog.daemon = True
+        watchdog.start()
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _exit_now(word: str, code: int):
+    os.write(2, f"tiler: {word}; run the same command again to resume\n".encode())
+    os._exit(code)
 
 
 def _stop(message: str, code: int, verbose: bool):

@@ -32,8 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # -------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class LDMModel:
-    """A loaded LDM super-resolution model: UNet (latent ++ low-res image -> noise prediction) and
-    VQ first stage, in eval mode without gradients, on ``device`` in ``dtype``."""
+    """A loaded LDM: UNet (latent ++ conditioning -> noise prediction) and first stage, in eval
+    mode without gradients, on ``device`` in ``dtype``. ``vqvae`` holds the first stage, a VQModel
+    or (``first_stage_kind`` "vae") an AutoencoderKL."""
 
     unet: Any
     vqvae: Any
@@ -42,6 +43,7 @@ class LDMModel:
     device: torch.device
     dtype: torch.dtype
     name: str = ""
+    first_stage_kind: str = "vqvae"
 
     @property
     def scale(self) -> int:
@@ -96,17 +98,13 @@ def load_ldm_model(
     model_dir, device: str = "auto", dtype: str | None = None, allow_pickle: bool = False
 ) -> LDMModel:
     """Load a model in tiler's model-directory format (``tiler.yaml``, see tiler/ldm/card.py)
-    with a VQ first stage; the same checks, placement and CPU batch invariance as LDM-SR."""
+    with a VQ (``vqvae/``) or KL (``vae/``, AutoencoderKL) first stage; the same checks, placement
+    and CPU batch invariance as LDM-SR."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    if card.first_stage != "vqvae":
-        raise ModelError(
-            f"{model_dir / 'tiler.yaml'}: first-stage {card.first_stage!r} is not "
-            "supported yet; expected 'vqvae'"
-        )
-    weights = check_weights(model_dir, SR_COMPONENTS, allow_pickle=allow_pickle)
+    weights = check_weights(model_dir, ("unet", card.first_stage), allow_pickle=allow_pickle)
     return _load_components(
         model_dir,
         weights,
@@ -114,6 +112,7 @@ def load_ldm_model(
         torch_device,
         torch_dtype,
         str(model_dir),
+        first_stage=card.first_stage,
     )
 
 
@@ -124,14 +123,17 @@ def _load_components(
     torch_device,
     torch_dtype,
     name: str,
+    first_stage: str = "vqvae",
 ) -> LDMModel:
-    """Load unet and vqvae, check their channel layout, make them batch invariant on CPU."""
+    """Load the UNet and the first stage (``vqvae``: VQModel, ``vae``: AutoencoderKL), check
+    their channel layout, make them batch invariant on CPU."""
     import torch
-    from diffusers import UNet2DModel, VQModel
+    from diffusers import AutoencoderKL, UNet2DModel, VQModel
     from diffusers.utils import is_accelerate_available
 
+    coder_class = {"vqvae": VQModel, "vae": AutoencoderKL}[first_stage]
     loaded = {}
-    for component, model_class in (("unet", UNet2DModel), ("vqvae", VQModel)):
+    for component, model_class in (("unet", UNet2DModel), (first_stage, coder_class)):
         folder = model_dir / component
         try:
             module = model_class.from_pretrained(
@@ -145,8 +147,6 @@ def _load_components(
                 f"{folder}: cannot load a {model_class.__name__}: {first_line(error)}"
             ) from error
         if component == "unet":  # a converted CompVis UNet may fix its attention heads
-            from tiler.ldm.loading import restore_attention_heads
-
             restore_attention_heads(module)
         module.eval().requires_grad_(False)
         module.to(torch_device)
@@ -156,7 +156,8 @@ def _load_components(
 
     sr = LDMModel(
         unet=loaded["unet"],
-        vqvae=loaded["vqvae"],
+        vqvae=loaded[first_stage],
+        first_stage_kind=first_stage,
         scheduler_config=scheduler_config,
         model_dir=model_dir,
         device=torch_device,
@@ -169,7 +170,7 @@ def _load_components(
     if unet_config.out_channels != sr.latent_channels or sr.cond_channels < 1:
         raise ModelError(
             f"{model_dir / 'unet'}: in_channels {unet_config.in_channels}, out_channels "
-            f"{unet_config.out_channels} do not fit the VQ model's {sr.latent_channels} latent "
+            f"{unet_config.out_channels} do not fit the first stage's {sr.latent_channels} latent "
             "channels "
             "(expected in = latent + conditioning channels, out = latent channels)"
         )

@@ -28,6 +28,12 @@ class ModelRunner:
         self.latent_channels = model.latent_channels
         self.cond_channels = model.cond_channels
         self.image_channels = int(model.vqvae.config.out_channels)
+        # a KL first stage (AutoencoderKL): latents are scaled by its scaling_factor for the UNet
+        self.kl_scaling = (
+            float(model.vqvae.config.get("scaling_factor", 1.0))
+            if getattr(model, "first_stage_kind", "vqvae") == "vae"
+            else None
+        )
         self.channels_last = self.device.type == "cuda"
         self.unet = torch.compile(model.unet) if compile else model.unet
         # shared statistics switch per call and per thread: the first stage stays eager then
@@ -92,17 +98,24 @@ class ModelRunner:
         import torch
 
         with torch.inference_mode(), norm_stats.using(norms):
-            latents = self.vq_encode(self._prepare(self.to_device(pixels))).latents
+            encoded = self.vq_encode(self._prepare(self.to_device(pixels)))
+            if self.kl_scaling is None:
+                latents = encoded.latents
+            else:  # KL: the posterior's mode, scaled to the UNet's unit variance
+                latents = encoded.latent_dist.mode() * self.kl_scaling
         return latents.float().cpu().numpy()
 
     def decode_latents(self, latents: np.ndarray, norms=None) -> np.ndarray:
         """(n, C, h, w) latents -> (n, channels, h*f, w*f) pixels in about [-1, 1], float32.
-        The VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does. ``norms`` as
-        for ``encode_pixels``."""
+        A VQ decoder quantizes to its codebook first, as the LDM-SR pipeline does; a KL decoder
+        takes the latents unscaled. ``norms`` as for ``encode_pixels``."""
         import torch
 
         with torch.inference_mode(), norm_stats.using(norms):
-            pixels = self.vq_decode(self._prepare(self.to_device(latents))).sample
+            inputs = self._prepare(self.to_device(latents))
+            if self.kl_scaling is not None:
+                inputs = inputs / self.kl_scaling
+            pixels = self.vq_decode(inputs).sample
         return pixels.float().cpu().numpy()
 
 
