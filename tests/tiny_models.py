@@ -49,45 +49,34 @@ def tiny_unet():
     )
 
 
+# the tiny first stages' shared layout: three levels (f = 4), 3 latent and 3 image channels
+FIRST_STAGE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(8, 16, 16),
+    layers_per_block=1,
+    act_fn="silu",
+    latent_channels=3,
+    sample_size=32,
+    norm_num_groups=8,
+)
+
+
 def tiny_vqvae():
     """A VQModel with three levels (f = 4), 3 latent channels and 3 image channels, tiny widths."""
     from diffusers import VQModel
 
-    return VQModel(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=3,
-        sample_size=32,
-        num_vq_embeddings=64,
-        norm_num_groups=8,
-        vq_embed_dim=None,
-    )
+    return VQModel(**FIRST_STAGE, num_vq_embeddings=64, vq_embed_dim=None)
 
 
 def tiny_kl():
     """An AutoencoderKL (the KL first stage of Stable Diffusion-style LDMs) with the tiny VQ's
-    levels (f = 4), 3 latent channels and a scaling factor, as a ``vae/`` folder holds it."""
+    layout and a scaling factor, as a ``vae/`` folder holds it."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=3,
-        norm_num_groups=8,
-        sample_size=32,
-        scaling_factor=0.5,
-        mid_block_add_attention=False,
-    )
+    return AutoencoderKL(**FIRST_STAGE, scaling_factor=0.5, mid_block_add_attention=False)
 
 
 def tiny_scheduler():
