@@ -8,6 +8,13 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The first error of a chain (rasterio chains GDAL's own message as the cause)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 class TilerError(Exception):
     """A run was refused or failed for a reason the user can act on (exit 1)."""
 

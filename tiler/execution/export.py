@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tiler.errors import OutputError
+from tiler.errors import OutputError, root_cause
 from tiler.execution.threads import GateClosed
 from tiler.raster.formats import creation_options, partial_path
 from tiler.workdir.store import Workdir
@@ -209,10 +209,8 @@ def _check_written(path: Path, options: dict[str, str]):
                                 "(disk full?)"
                             )
     except RasterioIOError as exc:
-        while exc.__cause__ is not None:  # rasterio chains GDAL's own message as the cause
-            exc = exc.__cause__
         raise OSError(
-            f"{path} does not read back after writing (disk full?): {_one_line(exc)}"
+            f"{path} does not read back after writing (disk full?): {_one_line(root_cause(exc))}"
         ) from None
 
 

@@ -18,10 +18,16 @@ from tiler.workdir.plan import Plan
 
 def same_file(a, b) -> bool:
     """Whether paths ``a`` and ``b`` name one file or folder (by inode where both exist)."""
+    return file_identity(a) == file_identity(b)
+
+
+def file_identity(path) -> tuple | str:
+    """What makes two paths one file: (device, inode) where it exists, else the resolved path."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist (yet): compare where they resolve to
-        return Path(a).resolve() == Path(b).resolve()
+        stat = os.stat(path)
+    except OSError:
+        return str(Path(path).resolve())
+    return (stat.st_dev, stat.st_ino)
 
 
 def is_inside(path, folder) -> bool:

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 from affine import Affine
 
-from tiler.errors import BadParameter, OutputError
+from tiler.errors import BadParameter, OutputError, root_cause
 
 OutputFormat = Literal["GTiff", "COG", "Zarr"]
 
@@ -137,9 +137,8 @@ def _probe(fmt: str, dtype: str, count: int, options: dict[str, str]) -> str | N
                 probe.write(np.zeros((count, 32, 32), dtype=dtype))
             if fmt == "COG":
                 copy(str(path), str(Path(folder) / "probe_cog.tif"), driver="COG", **options)
-    except Exception as exc:  # GDAL's refusal; rasterio chains GDAL's own message as the cause
-        while exc.__cause__ is not None:
-            exc = exc.__cause__
+    except Exception as error:  # GDAL's refusal
+        exc = root_cause(error)
         text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         return heard[0] if heard else text.removeprefix(f"{path}: ").removeprefix("probe.tif: ")
     finally:

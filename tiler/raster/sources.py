@@ -11,7 +11,7 @@ import numpy as np
 from affine import Affine
 from pydantic import BaseModel, ConfigDict
 
-from tiler.errors import BadParameter, InputError, first_line
+from tiler.errors import BadParameter, InputError, first_line, root_cause
 from tiler.geometry.grid import Box
 from tiler.raster.values import valid_mask
 
@@ -256,6 +256,4 @@ def _sample_pixels(ds, bands: tuple[int, ...]) -> np.ndarray:
 
 def gdal_reason(error: BaseException) -> str:
     """GDAL's own message behind a rasterio error (rasterio chains it as the cause)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return first_line(error)
+    return first_line(root_cause(error))

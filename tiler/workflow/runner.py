@@ -28,6 +28,7 @@ from tiler.errors import BadParameter, NotATilerOutput, TilerError, first_line
 from tiler.execution.cluster import ExecutionOptions, choose_cluster, connect
 from tiler.execution.export import written_by_tiler
 from tiler.execution.run import run_plan
+from tiler.execution.safety import file_identity
 from tiler.ldm.options import DiffusionOptions, RuntimeOptions
 from tiler.qa.outputs import load_plan
 from tiler.raster.mask import MaskSpec
@@ -438,15 +439,6 @@ class WorkflowRunner:
                     connect(kind, self.execution, uses_gpu, self.progress)
                 )
         return self._client
-
-
-def file_identity(path) -> tuple | str:
-    """What makes two paths one file: (device, inode) where it exists, else the resolved path."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return str(Path(path).resolve())
-    return (stat.st_dev, stat.st_ino)
 
 
 def _check_readable(before: StepOutcome, source: Source, upstream: int):
