@@ -42,10 +42,6 @@ def stages(plan: Plan) -> tuple[str, ...]:
     return task_class(plan).stages_of(plan)
 
 
-def unit_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
-    return task_class(plan).unit_shapes_of(plan)
-
-
 def array_specs(plan: Plan) -> dict[str, dict]:
     return task_class(plan).array_specs(plan)
 
