@@ -15,11 +15,12 @@ setup(
         "rasterio>=1.3",
         "zarr>=3.0",
         "click>=8.1",
-        "pydantic>=2.5",
+        "pydantic>=2.12",  # Field(exclude_if=...)
         "tqdm>=4.60",
         "affine>=2.4",
         "threadpoolctl>=3.1",
         "diffusers>=0.30",
+        "transformers>=4.56",  # CLIP text encoders of text-conditioned models
         "huggingface_hub>=0.25",
         "safetensors>=0.4",
         "scipy>=1.10",  # diffusers' LMS sampler

@@ -8,6 +8,8 @@ with it (the SR VQ).
     python benchmarks/tiled_decode_error.py --real                # the real inpainting VQ (random
     weights)
     python benchmarks/tiled_decode_error.py --attention           # tiny, with mid-block attention
+    python benchmarks/tiled_decode_error.py --x4-vae              # the x4 upscaler's KL VAE (real
+    architecture, random weights; mid-block attention)
 
 The whole canvas is decoded with the same reflection past its edges that the tiles see, so a local
 decoder's tiled result can equal it everywhere. Prints mean and max |error| in the decoder's
@@ -40,6 +42,11 @@ def main():
         action="store_true",
         help="the real inpainting VQ (benchmarks/configs/ldm-inpainting.json)",
     )
+    parser.add_argument(
+        "--x4-vae",
+        action="store_true",
+        help="the x4 upscaler's AutoencoderKL (benchmarks/configs/sd-x4-upscaler.json)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -50,7 +57,7 @@ def main():
     from tiler.raster.sources import read_reflected
 
     torch.set_num_threads(2)
-    vq = build_vq(args.real, args.attention)
+    vq = build_x4_vae() if args.x4_vae else build_vq(args.real, args.attention)
     norm_stats.install(vq.decoder)
     size, halo_max = args.latent, max(args.halos)
     latent = torch.randn(
@@ -85,9 +92,10 @@ def main():
         name: decoder(norms)(read(outer)[None])[0][:, crop, crop]
         for name, norms in (("own", None), ("shared", shared))
     }
+    name = "x4 upscaler KL VAE" if args.x4_vae else "real inpainting VQ" if args.real else "tiny"
     print(
-        f"first stage: {'real inpainting VQ' if args.real else 'tiny'}, "
-        f"attention: {args.attention}, "
+        f"first stage: {name}, "
+        f"attention: {args.attention or args.x4_vae}, "
         f"canvas {size} latent px, decode tile {args.tile}"
     )
     print(f"{'halo':>4} {'own stats: mean':>16} {'max':>9} {'shared stats: mean':>19} {'max':>9}")
@@ -107,6 +115,23 @@ def main():
             error = np.abs(tiled - whole[name])
             row += [error.mean(), error.max()]
         print(f"{halo:4d} {row[0]:16.2e} {row[1]:9.2e} {row[2]:19.2e} {row[3]:9.2e}")
+
+
+def build_x4_vae():
+    """The x4 upscaler's AutoencoderKL, random weights; its decoder takes the unscaled latent."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    config = json.loads((REPO / "benchmarks" / "configs" / "sd-x4-upscaler.json").read_text())
+    torch_seed(0)
+    return AutoencoderKL(**{k: v for k, v in config["vae"].items() if not k.startswith("_")}).eval()
+
+
+def torch_seed(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def build_vq(real: bool, attention: bool):

@@ -169,8 +169,8 @@ def test_cli_runs_and_refuses_bad_masks(tmp_path, inpaint_model, tiny_model):
     )
     assert_one_error(
         run_tiler("inpaint", src, target, "--model", tiny_model, "--mask", mask, *CLI),
-        1,
-        "tiler.yaml: missing",
+        2,
+        "is a superres model (LDMSuperResolutionPipeline); expected an inpaint model",
     )
     assert_no_output(target)
 

@@ -265,9 +265,9 @@ def test_consecutive_runs_with_one_model_load_it_once(tmp_path, tiny_model, monk
 
     _loaded_runner.cache_clear()
     loads = []
-    original = models.load_sr_model
+    original = models.load_pipeline_model
     monkeypatch.setattr(
-        models, "load_sr_model", lambda *a, **k: loads.append(a[0]) or original(*a, **k)
+        models, "load_pipeline_model", lambda *a, **k: loads.append(a[0]) or original(*a, **k)
     )
     runtime = RuntimeOptions(device="cpu")
     plans = [

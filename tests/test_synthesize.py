@@ -218,8 +218,8 @@ def test_label_mapping_errors(tmp_path, synthesis_model, tiny_model):
     )
     assert_one_error(
         run_tiler("synthesize", labels, target, "--model", tiny_model, *CLI),
-        1,
-        "tiler.yaml: missing",
+        2,
+        "is a superres model (LDMSuperResolutionPipeline); expected a synthesis model",
     )
     assert_no_output(target)
 

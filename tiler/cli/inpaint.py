@@ -1,6 +1,6 @@
 import click
 
-from tiler.cli.options import generative_options, output_options
+from tiler.cli.options import generative_options, output_options, text_options
 from tiler.cli.running import diffusion_options, run_or_print
 
 
@@ -10,7 +10,8 @@ from tiler.cli.running import diffusion_options, run_or_print
 @click.option(
     "--model",
     required=True,
-    help="Inpainting model folder in tiler's format (tiler.yaml; see `tiler convert`).",
+    help="Inpainting model: a folder in tiler's format (tiler.yaml; see `tiler convert`), or a "
+    "Stable Diffusion inpainting pipeline (hub id or diffusers folder).",
 )
 @click.option(
     "--mask",
@@ -29,6 +30,7 @@ from tiler.cli.running import diffusion_options, run_or_print
     output_options(),
     "VQ decode halo in latent px, also the margin of denoised latent px around the mask",
     ranged=True,
+    text=text_options("Stable Diffusion inpainting: ", "7.5"),
 )
 def inpaint_command(mask_path, mask_nodata, mask_band, dilate, verbose, **params):
     """Fill the masked area of INPUT into OUTPUT [INPUT-STEM_filled.tif]; every other pixel is

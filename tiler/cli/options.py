@@ -84,8 +84,9 @@ def upscale_arguments(command):
                 "--model",
                 default=DEFAULT_SR_MODEL,
                 show_default=True,
-                help="LDM super-resolution model (hub id or local diffusers folder), or a "
-                "classical model: nearest, bicubic, lanczos.",
+                help="LDM super-resolution model (hub id or local diffusers folder: an "
+                "LDMSuperResolutionPipeline or the text-conditioned "
+                "StableDiffusionUpscalePipeline), or a classical model: nearest, bicubic, lanczos.",
             ),
             click.option(
                 "--scale",
@@ -95,8 +96,32 @@ def upscale_arguments(command):
             *output_options(),
             *ldm_options("LDM: ", None, "VQ decode halo in latent px", ranged=True),
             back_project_option(),
+            *text_options("x4 upscaler: ", "9"),
+            click.option(
+                "--noise-level",
+                type=int,
+                help="x4 upscaler: noise added to the low-res conditioning, 0 to the model's "
+                "max_noise_level (350); more lets the model invent more detail [20].",
+            ),
         ],
     )
+
+
+def text_options(prefix: str, guidance: str) -> list:
+    """Prompts and classifier-free guidance of text-conditioned models (Stable Diffusion
+    pipelines); other models refuse them."""
+    return [
+        click.option("--prompt", help=f"{prefix}What the output should show [empty]."),
+        click.option(
+            "--negative-prompt", help=f"{prefix}What it should not show (with guidance) [empty]."
+        ),
+        click.option(
+            "--guidance-scale",
+            type=float,
+            help=f"{prefix}Classifier-free guidance scale; 1 turns guidance off and halves the "
+            f"UNet work [{guidance}].",
+        ),
+    ]
 
 
 def back_project_option():
@@ -221,14 +246,16 @@ def model_run_options(command):
     )
 
 
-def generative_options(output: list, decode_halo: str, ranged: bool):
+def generative_options(output: list, decode_halo: str, ranged: bool, text: list = ()):
     """Every option of a command on tiler's model-directory format (inpaint, synthesize) after its
-    own: ``output`` (how the output is written), the grid and sampling options, how the model runs,
-    the run, where it runs, --dry-run, verbosity; errors reported as one line."""
+    own: ``output`` (how the output is written), the grid and sampling options, ``text`` (the
+    prompt options where text-conditioned models serve the command), how the model runs, the run,
+    where it runs, --dry-run, verbosity; errors reported as one line."""
     from tiler.tasks.ldm import LATENT_GRID_DEFAULTS as GRID_DEFAULTS
 
     def decorate(command):
-        command = apply(command, output + ldm_options("", GRID_DEFAULTS, decode_halo, ranged))
+        grid_and_sampling = ldm_options("", GRID_DEFAULTS, decode_halo, ranged)
+        command = apply(command, output + grid_and_sampling + list(text))
         for decorator in (
             model_run_options,
             run_options,

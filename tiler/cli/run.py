@@ -67,6 +67,11 @@ def _file_summary(outcome) -> dict:
                 )
             }
             entry["unet_evaluations"] = summary.get("unet_evaluations", 0)
+            entry |= {  # a text-conditioned model's prompt, as filled in for this file
+                key: summary[key]
+                for key in ("prompt", "guidance_scale", "noise_level")
+                if key in summary
+            }
             entry["output_megapixels"] = round(
                 step.plan.output.width * step.plan.output.height / 1e6, 3
             )

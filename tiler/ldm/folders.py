@@ -2,8 +2,10 @@
 checking their weights (safetensors only unless ``--allow-pickle``: unpickling can run arbitrary
 code) and reading what planning needs without loading weights, for both formats:
 
-- a diffusers ``LDMSuperResolutionPipeline`` folder (``model_index.json``; unet/, vqvae/,
-  scheduler/), the CompVis 4x model's layout;
+- a diffusers pipeline folder (``model_index.json``), one of PIPELINES: an
+  ``LDMSuperResolutionPipeline`` (unet/, vqvae/, scheduler/: the CompVis 4x model), a
+  ``StableDiffusionUpscalePipeline`` (the x4 upscaler) or a ``StableDiffusionInpaintPipeline``
+  (both with vae/, text_encoder/, tokenizer/);
 - tiler's model-directory format (``tiler.yaml``, tiler/ldm/card.py) for inpainting, synthesis and
   any LDM diffusers has no pipeline for.
 
@@ -40,9 +42,61 @@ SAFETENSORS_SUFFIX = ".safetensors"
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
 
-SR_PIPELINE = "LDMSuperResolutionPipeline"
 
-SR_COMPONENTS = {"unet": "UNet2DModel", "vqvae": "VQModel"}
+@dataclass(frozen=True)
+class Pipeline:
+    """A diffusers pipeline folder layout tiler runs: its components (weights folder -> model
+    class), the task it serves, and its text conditioning and defaults."""
+
+    name: str  # the pipeline class (model_index.json's _class_name)
+    task: str  # superres or inpaint
+    components: dict[str, str]  # folders with weights -> their class
+    first_stage: str  # the first stage's folder: vqvae (VQModel) or vae (AutoencoderKL)
+    text: bool = False  # a CLIP text encoder and tokenizer: prompts and guidance
+    guidance_scale: float | None = None  # the pipeline's default classifier-free guidance
+    noise_level: int | None = None  # the low-res augmentation default (the x4 upscaler)
+
+    @property
+    def unet_class(self) -> str:
+        return self.components["unet"]
+
+
+SR_PIPELINE = "LDMSuperResolutionPipeline"
+UPSCALE_PIPELINE = "StableDiffusionUpscalePipeline"
+INPAINT_PIPELINE = "StableDiffusionInpaintPipeline"
+
+_TEXT_COMPONENTS = {
+    "unet": "UNet2DConditionModel",
+    "vae": "AutoencoderKL",
+    "text_encoder": "CLIPTextModel",
+}
+
+# Defaults as diffusers' pipelines have them: guidance 9.0 and noise level 20 for the x4 upscaler,
+# guidance 7.5 for inpainting.
+PIPELINES = {
+    pipeline.name: pipeline
+    for pipeline in (
+        Pipeline(SR_PIPELINE, "superres", {"unet": "UNet2DModel", "vqvae": "VQModel"}, "vqvae"),
+        Pipeline(
+            UPSCALE_PIPELINE,
+            "superres",
+            _TEXT_COMPONENTS,
+            "vae",
+            text=True,
+            guidance_scale=9.0,
+            noise_level=20,
+        ),
+        Pipeline(
+            INPAINT_PIPELINE, "inpaint", _TEXT_COMPONENTS, "vae", text=True, guidance_scale=7.5
+        ),
+    )
+}
+
+# The x4 upscaler's pipeline config holds its highest noise level (diffusers' default 350).
+MAX_NOISE_LEVEL = 350
+
+# The tokenizer folder of a text-conditioned pipeline holds one of these file sets.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 
 # --- finding the model folder
@@ -76,7 +130,8 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub import errors as hub_errors
 
-    patterns = ["*.json", "*" + SAFETENSORS_SUFFIX] + (["*.bin"] if allow_pickle else [])
+    # configs, tokenizer files (vocab.json, merges.txt) and weights
+    patterns = ["*.json", "*.txt", "*" + SAFETENSORS_SUFFIX] + (["*.bin"] if allow_pickle else [])
     cache = constants.HF_HUB_CACHE
     unreachable = (
         hub_errors.LocalEntryNotFoundError,
@@ -148,7 +203,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 # --- checking the folder
 # ---------------------------------------------------------------------------
 def check_weights(
-    model_dir, components: Iterable[str] = tuple(SR_COMPONENTS), allow_pickle: bool = False
+    model_dir, components: Iterable[str], allow_pickle: bool = False
 ) -> dict[str, Path]:
     """The weights file of each component folder (the first shard if sharded): safetensors
     preferred; pickle weights (``*.bin``, ``*.pt``, ``*.ckpt``, ``*.pth``) only when
@@ -159,8 +214,8 @@ def check_weights(
         folder = model_dir / component
         if not folder.is_dir():
             raise ModelError(
-                f"{folder}: missing (expected a diffusers {component} folder with "
-                "config.json and *.safetensors weights)"
+                f"{folder}: missing (expected a {component} folder with config.json and "
+                "*.safetensors weights)"
             )
         safe = sorted(folder.glob("*" + SAFETENSORS_SUFFIX))
         pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
@@ -177,9 +232,7 @@ def check_weights(
             hint = (
                 "" if allow_pickle else "; pickle weights (*.bin) are used only with --allow-pickle"
             )
-            raise ModelError(
-                f"{folder}: no weights (expected diffusion_pytorch_model.safetensors{hint})"
-            )
+            raise ModelError(f"{folder}: no weights (expected *.safetensors{hint})")
     return found
 
 
@@ -195,25 +248,67 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def check_sr_layout(model_dir) -> None:
-    """Refuse a folder that is not an LDM super-resolution pipeline (model_index.json naming
-    LDMSuperResolutionPipeline, or a UNet2DModel unet and a VQModel vqvae)."""
+def check_pipeline_layout(model_dir) -> Pipeline:
+    """The pipeline of a diffusers folder, read from model_index.json and checked: a layout tiler
+    runs (PIPELINES), each component folder's config of the declared class, and a tokenizer beside
+    a text encoder. A folder without ``_class_name`` is recognised by its components. Raises
+    ModelError naming what was found."""
     model_dir = Path(model_dir)
-    index = _read_json(model_dir / "model_index.json")
-    declared = {name: (index.get(name) or [None, None])[-1] for name in SR_COMPONENTS}
-    if index.get("_class_name") != SR_PIPELINE and declared != SR_COMPONENTS:
+    index_path = model_dir / "model_index.json"
+    index = _read_json(index_path)
+    pipeline = PIPELINES.get(index.get("_class_name")) or _pipeline_by_components(index)
+    if pipeline is None:
         found = index.get("_class_name") or "pipeline without _class_name"
         raise ModelError(
-            f"{model_dir / 'model_index.json'}: a {found}; expected an {SR_PIPELINE} "
-            "(unet: UNet2DModel, vqvae: VQModel, scheduler)"
+            f"{index_path}: a {found}; expected one of {', '.join(PIPELINES)} (or tiler's "
+            "model-directory format, a tiler.yaml card)"
         )
-    for component, class_name in SR_COMPONENTS.items():
-        config = _read_json(model_dir / component / "config.json")
-        if config.get("_class_name", class_name) != class_name:
+    for component, class_name in pipeline.components.items():
+        if not (model_dir / component).is_dir():
             raise ModelError(
-                f"{model_dir / component / 'config.json'}: a {config['_class_name']}; "
-                f"expected a {class_name}"
+                f"{model_dir / component}: missing (a {pipeline.name} needs its {component}, "
+                f"a {class_name})"
             )
+        config_path = model_dir / component / "config.json"
+        config = _read_json(config_path)
+        found = config.get("_class_name") or (config.get("architectures") or [class_name])[0]
+        if found != class_name:
+            raise ModelError(f"{config_path}: a {found}; expected a {class_name}")
+    if pipeline.text:
+        check_tokenizer(model_dir / "tokenizer")
+    return pipeline
+
+
+def _pipeline_by_components(index: dict) -> Pipeline | None:
+    """The one pipeline whose components model_index.json declares (a folder saved without
+    ``_class_name``), or None."""
+    declared = {name: (value or [None, None])[-1] for name, value in index.items()}
+    matches = [
+        pipeline
+        for pipeline in PIPELINES.values()
+        if all(declared.get(name) == cls for name, cls in pipeline.components.items())
+        and ("low_res_scheduler" in declared) == (pipeline.name == UPSCALE_PIPELINE)
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+def check_tokenizer(folder: Path) -> None:
+    """A CLIP tokenizer folder: tokenizer.json, or vocab.json with merges.txt."""
+    if not folder.is_dir():
+        raise ModelError(
+            f"{folder}: missing (a text-conditioned model needs its CLIP tokenizer: "
+            "tokenizer.json, or vocab.json and merges.txt)"
+        )
+    if not any(all((folder / name).is_file() for name in files) for files in TOKENIZER_FILES):
+        raise ModelError(
+            f"{folder}: no tokenizer files (expected tokenizer.json, or vocab.json and merges.txt)"
+        )
+
+
+def read_pipeline_config(model_dir) -> dict:
+    """``model_index.json`` of a diffusers folder ({} for tiler's format)."""
+    path = Path(model_dir) / "model_index.json"
+    return _read_json(path) if path.is_file() else {}
 
 
 def read_scheduler_config(model_dir) -> dict:
@@ -244,10 +339,12 @@ class ModelFolder:
     """What planning needs of a model folder of either format, read without loading weights."""
 
     path: Path
-    card: ModelCard | None  # None: a diffusers LDMSuperResolutionPipeline folder
+    card: ModelCard | None  # None: a diffusers pipeline folder
+    pipeline: Pipeline | None  # None: tiler's model-directory format
     weights: dict  # component -> its (first) weights file
     first_stage: dict  # the first stage's config
     unet: dict  # the UNet's config
+    pipeline_config: dict  # model_index.json ({} for tiler's format)
 
     @property
     def factor(self) -> int:
@@ -267,30 +364,49 @@ class ModelFolder:
         """Channels of the conditioning concatenated after the latent."""
         return int(self.unet["in_channels"]) - self.latent_channels
 
+    @property
+    def kind(self) -> str:
+        """How messages name the model's layout: its pipeline class or tiler's format."""
+        return self.pipeline.name if self.pipeline else f"tiler {self.card.task} model"
+
+    @property
+    def text_conditioned(self) -> bool:
+        return bool(self.pipeline and self.pipeline.text)
+
+    @property
+    def max_noise_level(self) -> int | None:
+        """The highest low-res noise level (the x4 upscaler); None for models without one."""
+        if not self.pipeline or self.pipeline.noise_level is None:
+            return None
+        return int(self.pipeline_config.get("max_noise_level", MAX_NOISE_LEVEL))
+
 
 def inspect_model(model: str, task: str, allow_pickle: bool = False) -> ModelFolder:
-    """The folder of ``model`` (a path or hub id), checked to hold a ``task`` model: superres, a
-    diffusers LDMSuperResolutionPipeline folder; inpaint or synthesis, tiler's format."""
+    """The folder of ``model`` (a path or hub id), checked to hold a ``task`` model: a diffusers
+    pipeline folder (PIPELINES: LDM-SR and the x4 upscaler for superres, Stable Diffusion
+    inpainting for inpaint) or tiler's format (inpaint, synthesis)."""
     model_dir = resolve_model_dir(model, allow_pickle=allow_pickle)
-    if task == "superres":
-        check_sr_layout(model_dir)
-        card, components, first = None, tuple(SR_COMPONENTS), "vqvae"
+    if is_tiler_folder(model_dir):
+        card, pipeline = read_card(model_dir), None
+        found, components, first = card.task, ("unet", card.first_stage), card.first_stage
     else:
-        card = read_card(model_dir)
-        if card.task != task:
-            raise BadParameter(
-                "model",
-                f"{model} is {_article(card.task)} {card.task} model; expected "
-                f"{_article(task)} {task} model",
-            )
-        components, first = ("unet", card.first_stage), card.first_stage
+        card, pipeline = None, check_pipeline_layout(model_dir)
+        found, components, first = pipeline.task, tuple(pipeline.components), pipeline.first_stage
+    if found != task:
+        raise BadParameter(
+            "model",
+            f"{model} is {_article(found)} {found} model ({pipeline.name if pipeline else CARD}); "
+            f"expected {_article(task)} {task} model",
+        )
     weights = check_weights(model_dir, components, allow_pickle=allow_pickle)
     return ModelFolder(
         path=model_dir,
         card=card,
+        pipeline=pipeline,
         weights=weights,
         first_stage=_read_json(model_dir / first / "config.json"),
         unet=_read_json(model_dir / "unet" / "config.json"),
+        pipeline_config=read_pipeline_config(model_dir),
     )
 
 

@@ -1,6 +1,7 @@
-"""Loading a model folder for inference: an ``LDMModel`` (UNet + VQ first stage + the scheduler
-config) on a device in a dtype, made batch invariant on CPU. The folder's format decides how it is
-checked (tiler/ldm/folders.py); nothing heavy is imported at module level."""
+"""Loading a model folder for inference: an ``LDMModel`` (UNet + VQ or KL first stage + the
+scheduler config) on a device in a dtype, made batch invariant on CPU. The folder's format decides
+how it is checked (tiler/ldm/folders.py); a text encoder is loaded apart, once per run, by
+tiler/ldm/text.py. Nothing heavy is imported at module level."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from tiler.ldm.card import read_card
 from tiler.ldm.devices import resolve_device, resolve_dtype
 from tiler.ldm.folders import (
     SAFETENSORS_SUFFIX,
-    SR_COMPONENTS,
-    check_sr_layout,
+    SR_PIPELINE,
+    check_pipeline_layout,
     check_weights,
     first_stage_factor,
     is_tiler_folder,
@@ -44,6 +45,7 @@ class LDMModel:
     dtype: torch.dtype
     name: str = ""
     first_stage_kind: str = "vqvae"
+    pipeline: str = ""  # the diffusers pipeline class; "" for tiler's model-directory format
 
     @property
     def scale(self) -> int:
@@ -70,11 +72,11 @@ def load_model(
 ) -> LDMModel:
     """Load the model folder ``model`` (hub id or local folder) with the loader of its format."""
     model_dir = resolve_model_dir(model, allow_pickle=allow_pickle)
-    load = load_ldm_model if is_tiler_folder(model_dir) else load_sr_model
+    load = load_ldm_model if is_tiler_folder(model_dir) else load_pipeline_model
     return load(str(model_dir), device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
-def load_sr_model(
+def load_pipeline_model(
     model: str, device: str = "auto", dtype: str | None = None, allow_pickle: bool = False
 ) -> LDMModel:
     """Load an LDMSuperResolutionPipeline (hub id or local folder) for inference on ``device``.
@@ -85,12 +87,20 @@ def load_sr_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model_dir = resolve_model_dir(model, allow_pickle=allow_pickle)
-    check_sr_layout(model_dir)
-    weights = check_weights(model_dir, SR_COMPONENTS, allow_pickle=allow_pickle)
+    pipeline = check_pipeline_layout(model_dir)
+    models = ("unet", pipeline.first_stage)  # the text encoder is loaded apart (ldm/text.py)
+    weights = check_weights(model_dir, models, allow_pickle=allow_pickle)
     scheduler_config = read_scheduler_config(model_dir)
     # 2. load the weights, check the channel layout, make CPU batch invariant
     return _load_components(
-        model_dir, weights, scheduler_config, torch_device, torch_dtype, str(model)
+        model_dir,
+        weights,
+        scheduler_config,
+        torch_device,
+        torch_dtype,
+        str(model),
+        first_stage=pipeline.first_stage,
+        pipeline=pipeline.name,
     )
 
 
@@ -124,22 +134,25 @@ def _load_components(
     torch_dtype,
     name: str,
     first_stage: str = "vqvae",
+    pipeline: str = "",
 ) -> LDMModel:
-    """Load the UNet and the first stage (``vqvae``: VQModel, ``vae``: AutoencoderKL), check
-    their channel layout, make them batch invariant on CPU."""
+    """Load the UNet (a UNet2DModel, or a UNet2DConditionModel for text-conditioned pipelines) and
+    the first stage (``vqvae``: VQModel, ``vae``: AutoencoderKL), check their channel layout, make
+    them batch invariant on CPU."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DModel, VQModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel, VQModel
     from diffusers.utils import is_accelerate_available
 
     coder_class = {"vqvae": VQModel, "vae": AutoencoderKL}[first_stage]
+    unet_class = UNet2DModel if pipeline in ("", SR_PIPELINE) else UNet2DConditionModel
     loaded = {}
-    for component, model_class in (("unet", UNet2DModel), (first_stage, coder_class)):
+    for component, model_class in (("unet", unet_class), (first_stage, coder_class)):
         folder = model_dir / component
         try:
             module = model_class.from_pretrained(
                 folder,
                 use_safetensors=weights[component].suffix == SAFETENSORS_SUFFIX,
-                torch_dtype=torch_dtype,
+                torch_dtype=_component_dtype(model_class, folder, torch_dtype),
                 low_cpu_mem_usage=is_accelerate_available(),
             )
         except (OSError, ValueError, RuntimeError, KeyError) as error:
@@ -158,6 +171,7 @@ def _load_components(
         unet=loaded["unet"],
         vqvae=loaded[first_stage],
         first_stage_kind=first_stage,
+        pipeline=pipeline,
         scheduler_config=scheduler_config,
         model_dir=model_dir,
         device=torch_device,
@@ -181,6 +195,19 @@ def _load_components(
         make_batch_invariant(sr.unet)
         make_batch_invariant(sr.vqvae)
     return sr
+
+
+def _component_dtype(model_class, folder: Path, torch_dtype):
+    """float32 for a KL first stage asked for float16 whose config says ``force_upcast`` (the x4
+    upscaler's VAE overflows in half precision; diffusers upcasts it for the same reason)."""
+    import json
+
+    import torch
+
+    if model_class.__name__ != "AutoencoderKL" or torch_dtype != torch.float16:
+        return torch_dtype
+    config = json.loads((folder / "config.json").read_text())
+    return torch.float32 if config.get("force_upcast", True) else torch_dtype
 
 
 ATTENTION_HEADS_KEY = "_tiler_attention_heads"

@@ -18,6 +18,7 @@ from tiler.geometry.grid import Box
 
 _MASK64 = (1 << 64) - 1
 INITIAL_STEP = -1  # the step key of the initial latent; denoising steps use their index 0, 1, ...
+LOW_RES_STEP = -2  # the key of the x4 upscaler's noised low-res conditioning
 
 
 def _signed(value: int) -> int:

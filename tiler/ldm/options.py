@@ -6,17 +6,20 @@ resolved into the plan's ``DiffusionSpec``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tiler.errors import BadParameter
 from tiler.ldm.devices import resolve_device, resolve_dtype
-from tiler.ldm.folders import read_scheduler_config
+from tiler.ldm.folders import ModelFolder, read_scheduler_config
 from tiler.ldm.samplers import check_sampler
 from tiler.raster.sources import value_range
 from tiler.raster.values import parse_value_range
-from tiler.workdir.plan import DiffusionSpec
+from tiler.workdir.plan import DiffusionSpec, TextSpec
+
+log = logging.getLogger("tiler")
 
 # auto = shared: on trained weights (the bundled SR VQ, with attention) one shared set of decoder
 # GroupNorm statistics cut the decode seam index from 1.66 to 1.19 (benchmarks/README.md,
@@ -59,6 +62,11 @@ class DiffusionOptions:
     decode_norm: str | None = None  # auto, window, shared (DECODE_NORMS)
     back_project: bool | None = None  # super-resolution only (back_projection.ENABLED_BY_DEFAULT)
     allow_pickle: bool = False
+    # text-conditioned models only (a StableDiffusionUpscalePipeline or -InpaintPipeline folder)
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None  # default: the pipeline's (folders.PIPELINES)
+    noise_level: int | None = None  # the x4 upscaler's low-res augmentation
 
 
 # Tiles per UNet call by device type (never changes the result)
@@ -79,9 +87,7 @@ def _from_keys(cls, keys: Mapping):
 
 
 def sampling_spec(
-    model_dir,
-    weights: dict,
-    latent_channels: int,
+    folder: ModelFolder,
     info,
     bands: tuple[int, ...],
     options: DiffusionOptions,
@@ -94,7 +100,7 @@ def sampling_spec(
         for key in DEFAULTS
     }
     _check_positive(chosen)
-    trained = int(read_scheduler_config(model_dir).get("num_train_timesteps", 1000))
+    trained = int(read_scheduler_config(folder.path).get("num_train_timesteps", 1000))
     if chosen["steps"] > trained:
         raise BadParameter(
             "steps",
@@ -113,15 +119,77 @@ def sampling_spec(
         )
     shared_norm = DECODE_NORMS[options.decode_norm or "auto"]
     return DiffusionSpec(
-        model_dir=str(model_dir.resolve()),
-        weights=_weights_identity(weights.values()),
+        model_dir=str(folder.path.resolve()),
+        weights=_weights_identity(folder.weights.values()),
         dtype=dtype,
         value_range=limits,
-        latent_channels=latent_channels,
+        latent_channels=folder.latent_channels,
         shared_norm=shared_norm,
         back_project=back_project,
+        text=text_spec(folder, options),
+        noise_level=noise_level(folder, options),
         **chosen,
     )
+
+
+def text_spec(folder: ModelFolder, options: DiffusionOptions) -> TextSpec | None:
+    """The prompts and guidance scale of a text-conditioned model (the pipeline's default scale;
+    an empty prompt when none is given); None for other models, which refuse them."""
+    given = {
+        key: getattr(options, key)
+        for key in ("prompt", "negative_prompt", "guidance_scale")
+        if getattr(options, key) is not None
+    }
+    if not folder.text_conditioned:
+        if given:
+            option = next(iter(given))
+            raise BadParameter(
+                option,
+                f"{getattr(options, option)!r}: model {folder.path} ({folder.kind}) has no text "
+                f"conditioning; expected no {option} (only text-conditioned models take one)",
+            )
+        return None
+    scale = given.get("guidance_scale", folder.pipeline.guidance_scale)
+    if not math.isfinite(scale) or scale < 1:
+        raise BadParameter(
+            "guidance_scale",
+            f"{scale}: expected a finite number >= 1 (1 turns classifier-free guidance off)",
+        )
+    text = TextSpec(
+        prompt=given.get("prompt", ""),
+        negative_prompt=given.get("negative_prompt", ""),
+        guidance_scale=float(scale),
+    )
+    if text.negative_prompt and not text.guided:
+        log.warning("--negative-prompt is unused with --guidance-scale 1 (no guidance)")
+    from tiler.ldm.text import warn_dropped_words
+
+    warn_dropped_words(
+        folder.path, {"prompt": text.prompt, "negative_prompt": text.negative_prompt}
+    )
+    return text
+
+
+def noise_level(folder: ModelFolder, options: DiffusionOptions) -> int | None:
+    """The x4 upscaler's low-res noise level (its default 20), checked against the model's
+    maximum; None for other models, which refuse one."""
+    highest = folder.max_noise_level
+    if highest is None:
+        if options.noise_level is not None:
+            raise BadParameter(
+                "noise_level",
+                f"{options.noise_level}: model {folder.path} ({folder.kind}) takes no noise "
+                "level; expected none (only the x4 upscaler, a StableDiffusionUpscalePipeline, "
+                "takes one)",
+            )
+        return None
+    level = folder.pipeline.noise_level if options.noise_level is None else options.noise_level
+    if isinstance(level, bool) or not float(level).is_integer() or not 0 <= level <= highest:
+        raise BadParameter(
+            "noise_level",
+            f"{level}: expected a whole number from 0 to the model's max_noise_level, {highest}",
+        )
+    return int(level)
 
 
 # (low, high) of each numeric sampling option; None: unbounded

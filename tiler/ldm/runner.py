@@ -19,7 +19,14 @@ class ModelRunner:
     """The loaded model as the sampler and the decoder call it: device placement, dtype,
     channels_last, optional torch.compile, inference mode, one scheduler per region."""
 
-    def __init__(self, model, sampler: str, compile: bool, shared_norm: bool = False):
+    def __init__(
+        self,
+        model,
+        sampler: str,
+        compile: bool,
+        shared_norm: bool = False,
+        allow_pickle: bool = False,
+    ):
         import torch
 
         self.model = model
@@ -46,8 +53,11 @@ class ModelRunner:
         self.vq_encode = (
             torch.compile(model.vqvae.encode) if compile_first_stage else model.vqvae.encode
         )
+        # the first stage's own dtype: float32 where a half-precision KL VAE is upcast
+        self.first_stage_dtype = next(model.vqvae.parameters()).dtype
         self.default_batch_size = BATCH_SIZES["cuda" if self.device.type == "cuda" else "cpu"]
         self.decode_batch_size = self.default_batch_size  # first-stage windows per call
+        self.allow_pickle = allow_pickle  # for the text encoder, loaded apart (ldm/text.py)
 
     @classmethod
     def load(cls, plan: Plan, runtime: RuntimeOptions) -> ModelRunner:
@@ -65,6 +75,24 @@ class ModelRunner:
             spec.shared_norm,
         )
 
+    def noise_low_res(self, image: np.ndarray, level: int, noise: np.ndarray) -> np.ndarray:
+        """The x4 upscaler's conditioning: the low-res ``image`` in [-1, 1] noised to ``level`` by
+        the model's low_res_scheduler (diffusers' add_noise) with the given ``noise``."""
+        import torch
+
+        noised = self.low_res_scheduler().add_noise(
+            torch.from_numpy(image)[None],
+            torch.from_numpy(noise)[None],
+            torch.tensor([level], dtype=torch.long),
+        )
+        return noised[0].numpy()
+
+    @functools.cache  # noqa: B019 (one runner per process: the cache lives as long as the model)
+    def low_res_scheduler(self):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_pretrained(self.model.model_dir, subfolder="low_res_scheduler")
+
     def limit_threads(self, threads: int):
         if self.device.type == "cpu":
             import torch
@@ -79,17 +107,25 @@ class ModelRunner:
 
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
 
-    def _prepare(self, batch):
+    def _prepare(self, batch, dtype=None):
         import torch
 
-        batch = batch.to(self.model.dtype)
+        batch = batch.to(dtype or self.model.dtype)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
-    def unet_call(self, inputs, timestep):
+    def unet_call(self, inputs, timestep, encoder_hidden_states=None, class_labels=None):
+        """The UNet's prediction for a batch of tiles at one timestep; a text-conditioned UNet
+        also takes the prompt embeddings (one row per tile) and, for the x4 upscaler, the noise
+        level as class labels."""
         import torch
 
+        conditioning = {}
+        if encoder_hidden_states is not None:
+            conditioning["encoder_hidden_states"] = encoder_hidden_states.to(self.model.dtype)
+        if class_labels is not None:
+            conditioning["class_labels"] = class_labels
         with torch.inference_mode():
-            return self.unet(self._prepare(inputs), timestep).sample
+            return self.unet(self._prepare(inputs), timestep, **conditioning).sample
 
     def encode_pixels(self, pixels: np.ndarray, norms=None) -> np.ndarray:
         """(n, channels, h*f, w*f) pixels in [-1, 1] -> (n, C, h, w) latents, not quantized (the
@@ -98,7 +134,7 @@ class ModelRunner:
         import torch
 
         with torch.inference_mode(), norm_stats.using(norms):
-            encoded = self.vq_encode(self._prepare(self.to_device(pixels)))
+            encoded = self.vq_encode(self._prepare(self.to_device(pixels), self.first_stage_dtype))
             if self.kl_scaling is None:
                 latents = encoded.latents
             else:  # KL: the posterior's mode, scaled to the UNet's unit variance
@@ -112,7 +148,7 @@ class ModelRunner:
         import torch
 
         with torch.inference_mode(), norm_stats.using(norms):
-            inputs = self._prepare(self.to_device(latents))
+            inputs = self._prepare(self.to_device(latents), self.first_stage_dtype)
             if self.kl_scaling is not None:
                 inputs = inputs / self.kl_scaling
             pixels = self.vq_decode(inputs).sample
@@ -135,10 +171,11 @@ def _loaded_runner(
     from tiler.ldm.loading import load_model
 
     model = load_model(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    return ModelRunner(model, sampler, compile, shared_norm)
+    return ModelRunner(model, sampler, compile, shared_norm, allow_pickle)
 
 
 @functools.lru_cache(maxsize=8)
-def load_norms(path: Path, mtime_ns: int) -> np.ndarray:
-    """Read once per process (the file's mtime in the key: a rerun's new statistics are read)."""
+def load_npy(path: Path, mtime_ns: int) -> np.ndarray:
+    """A workdir's .npy file (statistics, prompt embeddings), read once per process (the file's
+    mtime in the key: a rerun's new file is read)."""
     return np.load(path)

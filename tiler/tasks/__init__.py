@@ -10,6 +10,7 @@ class below), and the registry from a plan to its task class.
 
 from __future__ import annotations
 
+from tiler.errors import BadParameter
 from tiler.geometry.resample import KERNELS
 from tiler.ldm.folders import DEFAULT_SR_MODEL
 from tiler.ldm.options import DiffusionOptions
@@ -70,6 +71,7 @@ def plan_upscale(
     band_list = parse_bands(bands, info)
     grid = dict(tile=tile, overlap=overlap, region=region, halo=halo)
     if model in KERNELS:
+        _refuse_text_options(model, diffusion)
         return plan_classical(
             info,
             input_path,
@@ -94,3 +96,15 @@ def plan_upscale(
         chunk=chunk,
         diffusion=diffusion or DiffusionOptions(),
     )
+
+
+def _refuse_text_options(kernel: str, diffusion: DiffusionOptions | None):
+    """A classical kernel takes no prompt, guidance or noise level (text-conditioned models do)."""
+    for key in ("prompt", "negative_prompt", "guidance_scale", "noise_level"):
+        value = getattr(diffusion, key, None) if diffusion else None
+        if value is not None:
+            raise BadParameter(
+                key,
+                f"{value!r}: the classical model {kernel} takes none; expected a "
+                "text-conditioned LDM (a StableDiffusionUpscalePipeline) with --model",
+            )

@@ -1,11 +1,14 @@
 """LDM inpainting (``tiler inpaint``): fill the masked area, keep every other pixel bit for bit.
 
+Models: CompVis' inpainting LDM in tiler's format, or a diffusers StableDiffusionInpaintPipeline
+folder (text-conditioned, KL f = 8, a 9-channel UNet); they differ in how the masked image and the
+mask are laid out (``InpaintLayout``).
 The latent grid is the input grid divided by the first stage's factor f (4 for the CompVis model).
 Only the tiles within ``decode_halo`` latent px of the (dilated) mask go through the UNet, so the
 cost follows the masked area. The LDM stages (tiler/tasks/ldm.py), with:
 
-denoise   encode the masked image (masked px = -1) over the region canvas in windows with the decode
-          halo, mask at latent size (+1 fill / -1 keep), run the fused lockstep sampler
+denoise   encode the masked image over the region canvas in windows with the decode halo, mask at
+          latent size, run the fused lockstep sampler
           over the region's tiles near the mask; store the latent they cover (NaN elsewhere)
 decode    a chunk without masked px copies the input; otherwise decode the windows of its decode
           tiles that hold masked px (latent px no tile computed: the encoded image), and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,7 @@ import numpy as np
 from tiler.errors import BadParameter, InputError
 from tiler.geometry.grid import Box, Span
 from tiler.ldm.first_stage import tiled_pass
-from tiler.ldm.folders import inspect_model
+from tiler.ldm.folders import INPAINT_PIPELINE, inspect_model
 from tiler.ldm.options import DiffusionOptions
 from tiler.raster.mask import MaskReader, MaskSpec, check_mask, to_latent, touched_tiles
 from tiler.raster.sources import SourceReader, describe, parse_bands
@@ -122,6 +126,25 @@ def _scan(mask: MaskSpec, info, bands, plan: Plan) -> MaskPlan:
     )
 
 
+@dataclass(frozen=True)
+class InpaintLayout:
+    """How a model takes the masked image and the mask: the value of masked px in the image it
+    encodes, the mask's values where px are filled and kept, and which comes first after the
+    latent."""
+
+    masked_value: float
+    fill: float
+    keep: float
+    mask_first: bool
+
+
+# CompVis' inpainting LDM: encode(image, masked px -1) ++ mask (+1 fill, -1 keep); Stable Diffusion
+# inpainting (diffusers' StableDiffusionInpaintPipeline): mask (1 fill, 0 keep) ++ encode(image,
+# masked px 0)
+COMPVIS_LAYOUT = InpaintLayout(masked_value=-1.0, fill=1.0, keep=-1.0, mask_first=False)
+STABLE_DIFFUSION_LAYOUT = InpaintLayout(masked_value=0.0, fill=1.0, keep=0.0, mask_first=True)
+
+
 class InpaintTask(LDMTask):
     """The LDM stages with the masked image and the mask as conditioning, only the tiles near the
     mask computed, and a composite at decode."""
@@ -134,6 +157,8 @@ class InpaintTask(LDMTask):
         super().__init__(plan, store, reader, model, batch_size)
         self.mask = MaskReader(plan.mask.spec(), reader.info, plan.bands)
         self.margin = plan.diffusion.decode_halo  # latent px around the mask that are denoised
+        stable_diffusion = getattr(model.model, "pipeline", "") == INPAINT_PIPELINE
+        self.layout = STABLE_DIFFUSION_LAYOUT if stable_diffusion else COMPVIS_LAYOUT
 
     # --- units -------------------------------------------------------------------------------
     def denoise(self, index):
@@ -190,13 +215,15 @@ class InpaintTask(LDMTask):
         return image, valid.all(axis=0)
 
     def encoder_input(self, box: Box) -> np.ndarray:
-        """The masked image over latent ``box``, as ``condition`` encodes it (CompVis: masked px
-        -1)."""
+        """The masked image over latent ``box``, as ``condition`` encodes it (masked px: the
+        layout's value)."""
         image, _ = self.normalised(box.scale(self.f))
-        return np.where(self.mask.read(box.scale(self.f))[None], np.float32(-1), image)
+        masked = np.float32(self.layout.masked_value)
+        return np.where(self.mask.read(box.scale(self.f))[None], masked, image)
 
     def condition(self, canvas: Box) -> np.ndarray:
-        """encode(masked image) ++ mask at latent size (+1 fill, -1 keep) over ``canvas``.
+        """encode(masked image) and the mask at latent size (its top-left px, as diffusers
+        resizes it) over ``canvas``, in the model's layout.
 
         The canvas is encoded in the decode tiles' windows: a region's whole canvas in one encoder
         call would need about 2.5 KB per px in float32 (17 GB for the default region). With the
@@ -213,9 +240,11 @@ class InpaintTask(LDMTask):
             self.model.latent_channels,
             self.model.decode_batch_size,
         )
-        fill = self.mask.read(canvas.scale(self.f))
-        mask_latent = np.where(fill[:: self.f, :: self.f], 1.0, -1.0).astype(np.float32)[None]
-        return np.concatenate([encoded, mask_latent])
+        fill = self.mask.read(canvas.scale(self.f))[:: self.f, :: self.f]
+        layout = self.layout
+        mask_latent = np.where(fill, layout.fill, layout.keep).astype(np.float32)[None]
+        parts = [mask_latent, encoded] if layout.mask_first else [encoded, mask_latent]
+        return np.concatenate(parts)
 
     def read_latent(self, box: Box) -> np.ndarray:
         """The assembled latent over ``box``; where no tile was computed, the encoded image."""

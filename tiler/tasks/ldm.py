@@ -6,6 +6,8 @@ for inpainting and synthesis with the CompVis models, f = 1 for super-resolution
 IS the low-resolution pixel grid; the output is ``plan.scale`` times the input (4 for LDM-SR).
 Stages, each unit one region or one output chunk (one latent chunk x f x scale output px):
 
+encode_text  (text-conditioned models; one unit) encode the prompts once with the model's CLIP text
+          encoder -> a small .npy file that every denoise unit reads
 encoder_stats  (tasks that encode images, with shared statistics; one unit) measure the encoder's
           GroupNorm statistics over a sample of the images it will encode
 denoise   the region's conditioning over its canvas, the fused lockstep sampler over its tiles,
@@ -18,6 +20,8 @@ block_means  (super-resolution with ``--back-project``) decode the chunk, store 
 decode    decode the chunk's latent in fixed-shape windows with a halo -> pixels -> ``output``
 
 Each statistics stage writes a small .npy file in the workdir that every later unit reads.
+Text-conditioned UNets get the embeddings through cross-attention, the x4 upscaler its noise level
+as class labels, and classifier-free guidance doubles each UNet call (tiler/ldm/guidance.py).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tiler.ldm import norm_stats
 from tiler.ldm.first_stage import tiled_pass
 from tiler.ldm.folders import ModelFolder
 from tiler.ldm.options import DiffusionOptions, sampling_spec
-from tiler.ldm.runner import ModelRunner, load_norms
+from tiler.ldm.runner import ModelRunner, load_npy
 from tiler.raster.sources import RasterInfo, SourceReader, read_reflected
 from tiler.raster.values import valid_mask
 from tiler.tasks.base import Task
@@ -90,9 +94,7 @@ def plan_latent_grid(
     sizes = grid_sizes(LATENT_GRID_DEFAULTS, **grid)
     sizes["chunk"] = LATENT_GRID_DEFAULTS["chunk"]
     check_tile(sizes["tile"], folder, model)
-    spec = sampling_spec(
-        folder.path, folder.weights, folder.latent_channels, info, bands, diffusion
-    )
+    spec = sampling_spec(folder, info, bands, diffusion)
     plan = plan_with_output(
         info,
         input_path,
@@ -128,6 +130,7 @@ class LDMTask(Task):
     decoded (``decode``)."""
 
     model_stages: ClassVar[tuple[str, ...]] = (
+        "encode_text",
         "encoder_stats",
         "denoise",
         "decoder_stats",
@@ -164,7 +167,8 @@ class LDMTask(Task):
     def stages_of(cls, plan: Plan) -> tuple[str, ...]:
         spec = plan.diffusion
         return (
-            (("encoder_stats",) if cls.encodes_images and spec.shared_norm else ())
+            (("encode_text",) if spec.text is not None else ())
+            + (("encoder_stats",) if cls.encodes_images and spec.shared_norm else ())
             + ("denoise", "assemble")
             + (("decoder_stats",) if spec.shared_norm else ())
             + (("block_means",) if spec.back_project else ())
@@ -174,6 +178,7 @@ class LDMTask(Task):
     @classmethod
     def unit_names_of(cls, plan: Plan) -> dict[str, str]:
         return {
+            "encode_text": "prompt",
             "encoder_stats": "sample",
             "denoise": "region",
             "assemble": "chunk",
@@ -240,7 +245,7 @@ class LDMTask(Task):
         with torch.inference_mode():
             condition = self.model.to_device(self.condition(canvas))
             latent = denoise_canvas(
-                self.model.unet_call,
+                self.conditioning().predictor(self.model.unet_call),
                 self.model.new_scheduler(),
                 condition,
                 canvas,
@@ -253,6 +258,42 @@ class LDMTask(Task):
     def condition(self, canvas: Box) -> np.ndarray:
         """The UNet's conditioning over the latent ``canvas`` (concatenated after the latent)."""
         raise NotImplementedError
+
+    # --- text conditioning (plan.diffusion.text) and the noise level as class label --------------
+    def encode_text(self, index):
+        """Encode the prompts once for the whole run: with guidance the negative prompt's
+        embeddings first, then the prompt's."""
+        from tiler.ldm.text import encode_prompts
+
+        text = self.plan.diffusion.text
+        prompts = ([text.negative_prompt] if text.guided else []) + [text.prompt]
+        embeddings = encode_prompts(
+            self.plan.diffusion.model_dir,
+            prompts,
+            self.model.device,
+            self.model.model.dtype,
+            self.model.allow_pickle,
+        )
+        self._save_npy(self._text_path(), embeddings)
+        self.store.mark_done("encode_text", index)
+
+    def conditioning(self):
+        """What every UNet call adds: the run's prompt embeddings, guidance scale, class label."""
+        from tiler.ldm.guidance import Conditioning
+
+        spec = self.plan.diffusion
+        embeddings = None
+        if spec.text is not None:
+            path = self._text_path()
+            embeddings = self.model.to_device(load_npy(path, path.stat().st_mtime_ns))
+        return Conditioning(
+            embeddings=embeddings,
+            guidance_scale=spec.text.guidance_scale if spec.text else 1.0,
+            class_label=spec.noise_level,
+        )
+
+    def _text_path(self) -> Path:
+        return Path(self.store.path) / "text" / "embeddings.npy"
 
     def assemble(self, index):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)
@@ -348,7 +389,7 @@ class LDMTask(Task):
         statistics of its ``norms`` GroupNorms."""
         recorder = norm_stats.Recorder(norms)
         call(np.stack([read(box) for box in self.stats_sample()]), norms=recorder)
-        self._save_norms(part, recorder.as_array())
+        self._save_npy(self._norms_path(part), recorder.as_array())
 
     def stats_sample(self) -> list[Box]:
         """The latent windows the statistics are measured on: a pure function of the plan."""
@@ -362,13 +403,13 @@ class LDMTask(Task):
         if not self.plan.diffusion.shared_norm:
             return None
         path = self._norms_path(part)
-        return load_norms(path, path.stat().st_mtime_ns)
+        return load_npy(path, path.stat().st_mtime_ns)
 
     def _norms_path(self, part: str) -> Path:
         return Path(self.store.path) / "norms" / f"{part}.npy"
 
-    def _save_norms(self, part: str, table: np.ndarray):
-        path = self._norms_path(part)
+    @staticmethod
+    def _save_npy(path: Path, table: np.ndarray):
         path.parent.mkdir(exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")
         with open(partial, "wb") as file:  # np.save on a path would add ".npy"

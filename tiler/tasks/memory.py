@@ -61,6 +61,7 @@ def unit_memory(
         side**2 * spec.latent_channels * FLOAT32 * 4
     )  # latent, noise, fused prediction, weights
     tiles = min(batch, (-(-side // (grid.tile - grid.overlap))) ** 2)  # the tiles of one call
+    tiles *= spec.unet_passes  # classifier-free guidance: each tile with and without the prompt
     unet = tiles * largest_activation(unet, grid.tile) * FLOAT32 * LIVE_ACTIVATIONS
     window = (spec.decode_tile + 2 * spec.decode_halo) * plan.factor * plan.scale
     decode = batch * largest_activation(coder, window) * FLOAT32 * LIVE_ACTIVATIONS

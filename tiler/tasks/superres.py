@@ -1,4 +1,5 @@
-"""LDM 4x super-resolution (``tiler upscale --model`` an LDMSuperResolutionPipeline folder).
+"""LDM 4x super-resolution (``tiler upscale --model`` an LDMSuperResolutionPipeline folder, or a
+StableDiffusionUpscalePipeline folder: the text-conditioned x4 upscaler).
 
 The latent grid IS the low-resolution pixel grid (VQ f = 4, 4x): f = 1 of the input grid, and the
 output is ``plan.scale`` = 4 times the input. The stages are the LDM ones (tiler/tasks/ldm.py); the
@@ -98,9 +99,7 @@ def diffusion_spec(
         )
     check_tile(tile, folder, model)
     spec = sampling_spec(
-        folder.path,
-        folder.weights,
-        folder.latent_channels,
+        folder,
         info,
         bands,
         options,
@@ -127,8 +126,16 @@ class SuperResolutionTask(LDMTask):
 
     def condition(self, canvas: Box) -> np.ndarray:
         """Low-res pixels of ``canvas`` in [-1, 1] (no-data pixels neutral 0), as the model's
-        channels: a single band is repeated into every channel."""
-        return self.to_model_range(self.reader.read(canvas), self.model.cond_channels)[0]
+        channels: a single band is repeated into every channel. The x4 upscaler's are noised to
+        the plan's noise level with keyed noise: the same at a pixel whatever the tiling."""
+        image = self.to_model_range(self.reader.read(canvas), self.model.cond_channels)[0]
+        level = self.plan.diffusion.noise_level
+        if level is None:
+            return image
+        from tiler.ldm.noise import LOW_RES_STEP, keyed_noise
+
+        noise = keyed_noise(self.plan.diffusion.seed, LOW_RES_STEP, len(image), canvas)
+        return self.model.noise_low_res(image, level, noise.numpy())
 
     def decode(self, index):
         core = self.grid.chunk_box(index, self.plan.grid.chunk)

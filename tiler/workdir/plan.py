@@ -77,6 +77,22 @@ class OutputSpec(_Frozen):
     transform: tuple[float, float, float, float, float, float] | None
 
 
+class TextSpec(_Frozen):
+    """A text-conditioned model's prompts and classifier-free guidance scale (1: no guidance)."""
+
+    prompt: str
+    negative_prompt: str
+    guidance_scale: float
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1
+
+
+def _absent(value) -> bool:
+    return value is None
+
+
 class DiffusionSpec(_Frozen):
     """What an LDM run's arrays depend on, beyond the grid: the model's identity, the sampling
     settings, the arithmetic (dtype) and how raster values map to the model's [-1, 1]."""
@@ -97,6 +113,15 @@ class DiffusionSpec(_Frozen):
     # super-resolution: every output block's mean made the input px under it
     # (tiler/geometry/back_projection.py)
     back_project: bool = False
+    # text-conditioned models (left out of the JSON when absent: older plans keep their
+    # fingerprints): the prompts and guidance; the x4 upscaler's low-res noise level
+    text: TextSpec | None = Field(default=None, exclude_if=_absent)
+    noise_level: int | None = Field(default=None, exclude_if=_absent)
+
+    @property
+    def unet_passes(self) -> int:
+        """UNet evaluations per tile and step: two with classifier-free guidance."""
+        return 2 if self.text is not None and self.text.guided else 1
 
 
 class MaskPlan(_Frozen):
@@ -258,7 +283,9 @@ class Plan(_Frozen):
             "masked_px": mask.masked_px,
             "masked_fraction": round(mask.masked_px / (self.input.width * self.input.height), 6),
             "tiles_computed": mask.tiles_touched,
-            "unet_evaluations": mask.tiles_touched * self.diffusion.steps,
+            "unet_evaluations": mask.tiles_touched
+            * self.diffusion.steps
+            * self.diffusion.unet_passes,
         }
 
     def _diffusion_summary(self) -> dict:
@@ -276,8 +303,18 @@ class Plan(_Frozen):
             "decode_tile": spec.decode_tile,
             "decode_halo": spec.decode_halo,
             "shared_norm": spec.shared_norm,
-            "unet_evaluations": self.tile_grid().computed_tile_count() * spec.steps,
+            "unet_evaluations": self.tile_grid().computed_tile_count()
+            * spec.steps
+            * spec.unet_passes,
         }
+        if spec.text is not None:
+            summary |= {
+                "prompt": spec.text.prompt,
+                "negative_prompt": spec.text.negative_prompt,
+                "guidance_scale": spec.text.guidance_scale,
+            }
+        if spec.noise_level is not None:
+            summary["noise_level"] = spec.noise_level
         if self.command == "upscale":  # super-resolution's option alone
             summary["back_project"] = spec.back_project
         return summary

@@ -122,10 +122,14 @@ def local_models(workflow: Workflow, base: Path) -> Workflow:
 
 
 def output_path(template: str, input_file: Path, step: str, base: Path) -> Path:
-    text = template.format(
+    return _absolute(base / Path(fill_template(template, input_file, step)).expanduser())
+
+
+def fill_template(template: str, input_file: Path, step: str) -> str:
+    """A template (a path, a prompt) with the input file's fields filled in."""
+    return template.format(
         stem=input_file.stem, name=input_file.name, input_dir=str(input_file.parent), step=step
     )
-    return _absolute(base / Path(text).expanduser())
 
 
 def _absolute(path: Path) -> Path:
@@ -164,7 +168,12 @@ def plan_step(step, input_file: Path, output: Path, info=None, files: dict | Non
             else np.iinfo(info.dtype)
         )
         value_range = f"{float(limits.min)},{float(limits.max)}"
-    diffusion = DiffusionOptions.from_keys(dict(step) | {"value_range": value_range})
+    prompts = {  # templates, like the output
+        key: fill_template(getattr(step, key), input_file, step.name)
+        for key in ("prompt", "negative_prompt")
+        if getattr(step, key, None) is not None
+    }
+    diffusion = DiffusionOptions.from_keys(dict(step) | {"value_range": value_range} | prompts)
     if step.task == "inpaint":
         source = "file" if step.mask else ("nodata" if step.mask_nodata else "band")
         mask = files.get("mask")

@@ -136,11 +136,26 @@ class SamplingKeys(BaseModel):
         return value
 
 
-class UpscaleStep(StepBase, SamplingKeys):
+class TextKeys(BaseModel):
+    """Prompts and guidance of text-conditioned models (Stable Diffusion pipelines); a prompt is
+    a template like output ("{stem}" is the input file's stem; a literal brace is written twice)."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = Field(default=None, ge=1)
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt_template(cls, value: str | None) -> str | None:
+        return check_template(value)
+
+
+class UpscaleStep(StepBase, SamplingKeys, TextKeys):
     task: Literal["upscale"]
     model: str = DEFAULT_SR_MODEL
     scale: int | None = Field(default=None, ge=1, le=16)
     back_project: bool | None = None  # LDM super-resolution alone; None: the CLI's default
+    noise_level: int | None = Field(default=None, ge=0)  # the x4 upscaler alone
 
     @property
     def uses_model(self) -> bool:
@@ -149,7 +164,7 @@ class UpscaleStep(StepBase, SamplingKeys):
         return self.model not in KERNELS
 
 
-class InpaintStep(StepBase, SamplingKeys):
+class InpaintStep(StepBase, SamplingKeys, TextKeys):
     task: Literal["inpaint"]
     model: str
     mask: str | None = None  # a template, like output: e.g. "masks/{stem}_clouds.tif"
