@@ -329,3 +329,26 @@ def test_a_dask_cluster_gives_the_threads_output(tmp_path, upscaler):
     assert "encode_text 1/1" in shown_lines(result.stderr)[-1]
     assert (tmp_path / "dask.tif.tiler" / "text" / "embeddings.npy").is_file()
     np.testing.assert_array_equal(read_raster(tmp_path / "dask.tif")[0], expected)
+
+
+def test_the_hub_id_runs_from_the_hugging_face_cache_offline(tmp_path, upscaler):
+    """``--model stabilityai/stable-diffusion-x4-upscaler`` with the model in the cache (tokenizer
+    and text encoder included) and the hub switched off."""
+    import os
+    import subprocess
+    import sys
+
+    from test_models import fake_hub_cache
+
+    repo_id = "stabilityai/stable-diffusion-x4-upscaler"
+    fake_hub_cache(tmp_path / "hf" / "hub", repo_id, upscaler)
+    src = make_raster(tmp_path / "in.tif", width=16, height=16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tiler", "upscale", src, tmp_path / "out.tif", "--model", repo_id,
+         "--prompt", PROMPT, *map(str, CLI)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert read_raster(tmp_path / "out.tif")[0].shape == (3, 64, 64)

@@ -59,6 +59,7 @@ def warn_dropped_words(model_dir, prompts: dict[str, str]):
             )
 
 
+@functools.lru_cache(maxsize=1)  # consecutive runs of one model (a workflow) load it once
 def load_text_encoder(model_dir, device, dtype, allow_pickle: bool = False):
     """The model's CLIPTextModel (``model_dir/text_encoder``) on ``device`` in ``dtype``, in eval
     mode without gradients."""
@@ -87,7 +88,7 @@ def encode_prompts(
     import torch
 
     tokenizer = load_tokenizer(str(model_dir))
-    encoder = load_text_encoder(model_dir, device, dtype, allow_pickle)
+    encoder = load_text_encoder(str(model_dir), device, dtype, allow_pickle)
     tokens = tokenizer(
         prompts,
         padding="max_length",
