@@ -9,6 +9,7 @@ the COG driver, which would buffer the whole raster.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tiler.errors import OutputError, root_cause
 from tiler.execution.threads import GateClosed
+from tiler.raster import geozarr
 from tiler.raster.formats import creation_options, partial_path
 from tiler.workdir.store import Workdir
 
@@ -215,36 +217,60 @@ def _check_written(path: Path, options: dict[str, str]):
 
 
 def _write_zarr(workdir: Workdir, path: Path, progress: bool, wait_for):
+    """A georeferenced Zarr (tiler/raster/geozarr.py): the px, then the overviews, each level made
+    from the one before chunk by chunk, then the consolidated metadata."""
     import zarr
 
     plan = workdir.plan
     out = plan.output
     source = workdir.array("output")
-    group = zarr.open_group(str(path), mode="w")
-    target = group.create_array(
-        "data",
-        shape=source.shape,
-        chunks=source.chunks,
-        dtype=source.dtype,
-        fill_value=plan.output_fill,
-        dimension_names=("band", "y", "x"),
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    factors = (
+        geozarr.overview_factors(out.width, out.height)
+        if out.creation_options.get("OVERVIEWS", "AUTO").upper() != "NO"
+        else []
     )
     group.attrs.update(
         {
-            "crs_wkt": plan.input.crs_wkt,
+            "crs_wkt": plan.input.crs_wkt,  # as earlier versions wrote them
             "transform": list(out.transform) if out.transform else None,
             "nodata": out.nodata,
             "bands": list(plan.bands),
             "source": plan.input.path,
             PLAN_TAG: plan.model_dump_json(),
         }
+        | (geozarr.multiscales_attributes(factors) if factors else {})
     )
+    level = functools.partial(
+        geozarr.create_level,
+        count=out.count,
+        chunks=source.chunks,
+        dtype=out.dtype,
+        nodata=out.nodata,
+        crs_wkt=plan.input.crs_wkt,
+        descriptions=plan.output_descriptions(),
+    )
+    target = level(group, width=out.width, height=out.height, transform=out.transform)
     boxes = list(_chunk_boxes(source))
     with _progress(len(boxes), "export", progress) as bar:
         for index, rows, cols in boxes:
             wait_for(index)
             target[:, rows, cols] = source[:, rows, cols]
             bar.update(1)
+    for factor in factors:
+        finer, target = (
+            target,
+            level(
+                group.create_group(geozarr.overview_name(factor)),
+                width=-(-out.width // factor),
+                height=-(-out.height // factor),
+                transform=geozarr.scaled_transform(out.transform, factor),
+            ),
+        )
+        for _, rows, cols in _chunk_boxes(target):
+            block = finer[:, 2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop]
+            target[:, rows, cols] = geozarr.block_average(block, out.nodata, out.dtype)
+    zarr.consolidate_metadata(str(path))
 
 
 def _remove(path: Path):
@@ -262,12 +288,14 @@ def _one_line(exc: BaseException) -> str:
 def written_by_tiler(path: Path) -> bool:
     """Whether ``path`` carries tiler's plan in its metadata (GeoTIFF tags, Zarr attributes)."""
     path = Path(path)
-    if path.is_dir():
-        try:
-            attributes = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-        except (OSError, ValueError, AttributeError):
-            return False
-        return PLAN_TAG in attributes
+    if path.is_dir():  # Zarr format 2 (.zattrs) or, from earlier versions, 3 (zarr.json)
+        for name, read in ((".zattrs", dict), ("zarr.json", lambda doc: doc.get("attributes"))):
+            try:
+                attributes = read(json.loads((path / name).read_text()))
+            except (OSError, ValueError, AttributeError, TypeError):
+                continue
+            return PLAN_TAG in (attributes or {})
+        return False
     try:
         import rasterio
 

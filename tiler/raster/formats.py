@@ -71,10 +71,15 @@ def creation_options(plan_dtype: str, fmt: str, overrides: dict[str, str]) -> di
             "OVERVIEWS": "AUTO",
             "OVERVIEW_RESAMPLING": "AVERAGE",
         }
-    else:
-        options = {}
+    else:  # Zarr (tiler/raster/geozarr.py)
+        options = dict(ZARR_OPTIONS)
     options.update({key.upper(): value for key, value in overrides.items()})
     return options
+
+
+# the creation options of a Zarr output, with their default; OVERVIEWS=NO writes none
+ZARR_OPTIONS = {"OVERVIEWS": "AUTO"}
+ZARR_CHOICES = {"OVERVIEWS": ("AUTO", "YES", "NO")}
 
 
 def partial_path(path: Path) -> Path:
@@ -91,12 +96,17 @@ def check_creation_options(
     """Refuse, before any work, creation options the format's GDAL driver rejects or ignores:
     unknown names, values outside the driver's list, block sizes, a predictor or a compression
     that does not fit ``dtype``. GDAL itself judges them, on a tiny probe file. ``given``: the
-    user's ``--co``, which a Zarr output cannot take."""
+    user's ``--co``; a Zarr output takes only ZARR_CHOICES."""
     if fmt == "Zarr":
-        if given:
-            raise BadParameter(
-                "co", f"{', '.join(given)}: a Zarr output takes no creation options (GeoTIFF/COG)"
-            )
+        for key, value in given.items():
+            choices = ZARR_CHOICES.get(key.upper())
+            if choices is None or str(value).upper() not in choices:
+                accepted = "; ".join(f"{k}={'|'.join(v)}" for k, v in ZARR_CHOICES.items())
+                raise BadParameter(
+                    "co",
+                    f"{key}={value}: a Zarr output takes only {accepted} (GeoTIFF/COG take "
+                    "GDAL's creation options)",
+                )
         return
     compress = options.get("COMPRESS", "").upper()
     if compress in EIGHT_BIT_CODECS and dtype != "uint8":
