@@ -1,12 +1,12 @@
 import click
 
 from tiler.cli.errors import reports_errors
-from tiler.cli.options import apply, output_options, run_options, verbosity
+from tiler.cli.options import RASTER, apply, output_options, run_options, verbosity
 from tiler.cli.running import print_plan, report_run
 
 
 @click.command("export")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.argument("input_path", metavar="INPUT", type=RASTER)
 @click.argument("output_path", metavar="OUTPUT", type=click.Path())
 @lambda command: apply(command, output_options())
 @run_options

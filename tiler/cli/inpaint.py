@@ -1,11 +1,11 @@
 import click
 
-from tiler.cli.options import generative_options, output_options, text_options
+from tiler.cli.options import RASTER, generative_options, output_options, text_options
 from tiler.cli.running import diffusion_options, run_or_print
 
 
 @click.command("inpaint")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.argument("input_path", metavar="INPUT", type=RASTER)
 @click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path())
 @click.option(
     "--model",
@@ -16,7 +16,7 @@ from tiler.cli.running import diffusion_options, run_or_print
 @click.option(
     "--mask",
     "mask_path",
-    type=click.Path(dir_okay=False, exists=True),
+    type=RASTER,
     help="Raster of the area to fill (non-zero), aligned with INPUT or in its CRS covering it.",
 )
 @click.option(

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from tiler.cli.errors import reports_errors
 from tiler.ldm.folders import DEFAULT_SR_MODEL
+
+
+class RasterPath(click.ParamType):
+    """A raster GDAL opens: a local file or Zarr store (which must exist), a URL or a GDAL
+    virtual file system path (checked when opened, as click cannot stat it)."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        from tiler.raster.sources import is_virtual
+
+        text = str(value)
+        if is_virtual(text):
+            return text
+        if not os.path.exists(text):
+            self.fail(f"Path {text!r} does not exist.", param, ctx)
+        if os.path.isdir(text) and not os.path.isdir(os.path.join(text, "data")):
+            self.fail(
+                f"{text!r} is a directory, not a raster (or a tiler Zarr output).", param, ctx
+            )
+        return text
+
+
+RASTER = RasterPath()
 
 
 def parse_creation_options(ctx, param, values) -> dict[str, str]:
@@ -76,9 +102,7 @@ def upscale_arguments(command):
     return apply(
         command,
         [
-            click.argument(
-                "input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True)
-            ),
+            click.argument("input_path", metavar="INPUT", type=RASTER),
             click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path()),
             click.option(
                 "--model",

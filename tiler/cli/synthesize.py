@@ -1,11 +1,11 @@
 import click
 
-from tiler.cli.options import generative_options, output_options
+from tiler.cli.options import RASTER, generative_options, output_options
 from tiler.cli.running import diffusion_options, run_or_print
 
 
 @click.command("synthesize")
-@click.argument("input_path", metavar="LABELS", type=click.Path(dir_okay=False, exists=True))
+@click.argument("input_path", metavar="LABELS", type=RASTER)
 @click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path())
 @click.option(
     "--model",

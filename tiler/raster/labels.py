@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tiler.errors import InputError, first_line
-from tiler.raster.sources import RasterInfo
+from tiler.raster.sources import RasterInfo, open_raster
 from tiler.raster.values import valid_mask
 
 SCAN_ROWS = 1024  # label rows read at a time when scanning the whole raster
@@ -83,11 +83,10 @@ def _as_int(value) -> int | None:
 def scan_values(info: RasterInfo, band: int) -> dict[int, int]:
     """How many px hold each value of ``band`` (nodata excluded), reading SCAN_ROWS rows at a
     time."""
-    import rasterio
     from rasterio.windows import Window
 
     counts: dict[int, int] = {}
-    with rasterio.open(info.path) as ds:
+    with open_raster(info.path) as ds:
         for top in range(0, info.height, SCAN_ROWS):
             rows = min(SCAN_ROWS, info.height - top)
             values = ds.read(band, window=Window(0, top, info.width, rows))

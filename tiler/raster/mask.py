@@ -25,7 +25,13 @@ import numpy as np
 
 from tiler.errors import BadParameter, InputError
 from tiler.geometry.grid import Box, Span, TileGrid
-from tiler.raster.sources import PerThreadHandles, RasterInfo, describe, read_reflected
+from tiler.raster.sources import (
+    PerThreadHandles,
+    RasterInfo,
+    describe,
+    open_raster,
+    read_reflected,
+)
 
 MaskSource = Literal["file", "nodata", "band"]
 SCAN_BLOCK = 2048  # input px per side read at a time when scanning the whole mask
@@ -152,15 +158,14 @@ class MaskReader:
         return values != 0
 
     def _open(self):
-        import rasterio
         from rasterio.errors import NotGeoreferencedWarning
         from rasterio.vrt import WarpedVRT
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             if self.spec.source != "file":
-                return rasterio.open(self.info.path)
-            dataset = rasterio.open(self.spec.path)
+                return open_raster(self.info.path)
+            dataset = open_raster(self.spec.path)
         mask = describe(self.spec.path)
         if (mask.width, mask.height) == (
             self.info.width,

@@ -1,5 +1,13 @@
 """Input rasters: describe them, choose bands, read boxes of them (reflected past the edges) through
-per-thread GDAL handles, and sample their value range."""
+per-thread GDAL handles, and sample their value range.
+
+An input is any path GDAL opens: a local file, a Zarr store tiler wrote (its ``data`` array), a
+GDAL virtual file system path (``/vsicurl/``, ``/vsis3/``, ``/vsigs/``, ``/vsiaz/``, ``/vsizip/``,
+...) or a URL (``http(s)://``, ``s3://``, ``gs://``, ``az://``), translated to the virtual file
+system as rasterio does. Remote files are read window by window (HTTP range requests): a COG is
+streamed, never downloaded whole; credentials come from the environment, as GDAL reads them
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_S3_ENDPOINT``, ``GS_*``,
+``AZURE_STORAGE_*``, ``GDAL_HTTP_*``), and tiler never logs them."""
 
 from __future__ import annotations
 
@@ -39,20 +47,72 @@ class RasterInfo(BaseModel):
         return Affine(*self.transform)
 
 
+# URL schemes -> GDAL's virtual file systems (as rasterio translates them)
+URL_SCHEMES = {
+    "http": "/vsicurl/",
+    "https": "/vsicurl/",
+    "s3": "/vsis3/",
+    "gs": "/vsigs/",
+    "az": "/vsiaz/",
+    "azure": "/vsiaz/",
+}
+
+
+def is_virtual(path) -> bool:
+    """A URL or a GDAL virtual file system path: opened by GDAL, not found on the local disk."""
+    text = str(path)
+    scheme, separator, _ = text.partition("://")
+    return text.startswith("/vsi") or bool(separator and scheme.lower() in URL_SCHEMES)
+
+
+def gdal_path(path) -> str:
+    """What GDAL opens for the path a user gave: a URL as its virtual file system path, a Zarr
+    store tiler wrote as its ``data`` array; any other path as given."""
+    text = str(path)
+    scheme, separator, rest = text.partition("://")
+    if separator and scheme.lower() in URL_SCHEMES:
+        prefix = URL_SCHEMES[scheme.lower()]
+        return prefix + (text if prefix == "/vsicurl/" else rest)
+    if os.path.isdir(text) and os.path.isdir(os.path.join(text, "data")):
+        return f'ZARR:"{text}":/data'
+    return text
+
+
+def path_identity(path) -> tuple[str, int, int]:
+    """(path, size, mtime_ns) that say whether an input changed between a run and its resume:
+    a local file's absolute path and stat; a remote one's path as given, size and time unknown
+    (-1), as for a local file not made yet (a workflow planning ahead)."""
+    if is_virtual(path):
+        return str(path), -1, -1
+    try:
+        stat = os.stat(path)
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    except FileNotFoundError:
+        size = mtime = -1
+    return os.path.abspath(path), size, mtime
+
+
+def open_raster(path):
+    """rasterio's dataset for the path a user gave (see ``gdal_path``)."""
+    import rasterio
+
+    return rasterio.open(gdal_path(path))
+
+
 def describe(path: str | os.PathLike) -> RasterInfo:
     """Open ``path`` and describe it, or raise InputError naming the file and the problem."""
-    import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = str(path)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise InputError(f"{path}: file is empty (0 bytes); expected a raster")
+    if not is_virtual(path):
+        if not os.path.exists(path):
+            raise InputError(f"{path}: no such file")
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise InputError(f"{path}: file is empty (0 bytes); expected a raster")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
+            with open_raster(path) as ds:
                 info = RasterInfo(
                     path=path,
                     width=ds.width,
@@ -67,6 +127,12 @@ def describe(path: str | os.PathLike) -> RasterInfo:
                 )
                 dtypes = set(ds.dtypes)
     except RasterioIOError as exc:
+        if is_virtual(path):
+            raise InputError(
+                f"{path}: cannot be opened ({gdal_reason(exc)}); expected a raster GDAL can read "
+                "at that address (check the URL, the network and any credentials in the "
+                "environment)"
+            ) from None
         raise InputError(f"{path}: not a raster GDAL can read ({first_line(exc)})") from None
     if info.width == 0 or info.height == 0 or info.count == 0:
         raise InputError(
@@ -147,11 +213,10 @@ class SourceReader:
     reader."""
 
     def __init__(self, info: RasterInfo, bands: tuple[int, ...]):
-        import rasterio
 
         self.info = info
         self.bands = list(bands)
-        self._handles = PerThreadHandles(lambda: rasterio.open(self.info.path))
+        self._handles = PerThreadHandles(lambda: open_raster(self.info.path))
 
     def read(self, box: Box) -> np.ndarray:
         """Pixels of ``box`` (bands, h, w) in the raster's dtype; outside the raster by
@@ -207,11 +272,9 @@ def value_range(
     percentiles of the valid pixels of ``bands`` over the whole raster, estimated once from a
     sample spread over all of it (bounded memory and time). One range for all bands, so band
     ratios (colour) are kept."""
-    import rasterio
-
     if info.dtype == "uint8":
         return (0.0, 255.0)
-    with rasterio.open(info.path) as ds:
+    with open_raster(info.path) as ds:
         pixels = _sample_pixels(ds, bands)
     values = pixels[valid_mask(pixels, info.nodata)]
     if values.size == 0:

@@ -18,7 +18,6 @@ decode    a chunk without masked px copies the input; otherwise decode the windo
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tiler.ldm.first_stage import tiled_pass
 from tiler.ldm.folders import INPAINT_PIPELINE, inspect_model
 from tiler.ldm.options import DiffusionOptions
 from tiler.raster.mask import MaskReader, MaskSpec, check_mask, to_latent, touched_tiles
-from tiler.raster.sources import SourceReader, describe, parse_bands
+from tiler.raster.sources import SourceReader, describe, is_virtual, parse_bands, path_identity
 from tiler.raster.values import to_dtype
 from tiler.tasks.ldm import LDMTask, plan_latent_grid
 from tiler.workdir import arrays
@@ -113,14 +112,15 @@ def _scan(mask: MaskSpec, info, bands, plan: Plan) -> MaskPlan:
         for tile in region.tiles
         if (tile.y.start // stride, tile.x.start // stride) in coverage.tiles
     )
-    identity = os.stat(mask.path) if mask.path else None
+    _, size, mtime = path_identity(mask.path) if mask.path else (None, -1, -1)
+    local = mask.path and not is_virtual(mask.path)
     return MaskPlan(
         source=mask.source,
-        path=str(Path(mask.path).absolute()) if mask.path else None,
+        path=str(Path(mask.path).absolute()) if local else mask.path,
         band=mask.band,
         dilate=mask.dilate,
-        size_bytes=identity.st_size if identity else -1,
-        mtime_ns=identity.st_mtime_ns if identity else -1,
+        size_bytes=size,
+        mtime_ns=mtime,
         masked_px=coverage.masked_px,
         tiles_touched=computed,
     )

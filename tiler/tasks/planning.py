@@ -7,15 +7,19 @@ from pathlib import Path
 
 from tiler.errors import BadParameter
 from tiler.raster.formats import check_creation_options, creation_options, format_for
-from tiler.raster.sources import RasterInfo
+from tiler.raster.sources import RasterInfo, is_virtual
 from tiler.workdir.plan import Plan, build_plan
 
 OUTPUT_SUFFIX = {"GTiff": ".tif", "COG": ".tif", "Zarr": ".zarr"}
 
 
 def default_output(input_path: Path, tag: str, fmt: str | None) -> Path:
-    """INPUT-STEM_TAG.tif (or .zarr) beside the input: ``x4``, ``filled``, ``synth``."""
-    return input_path.with_name(f"{input_path.stem}_{tag}{OUTPUT_SUFFIX[fmt or 'GTiff']}")
+    """INPUT-STEM_TAG.tif (or .zarr) beside the input: ``x4``, ``filled``, ``synth``; for a URL
+    or other remote input, in the current folder."""
+    name = f"{Path(str(input_path)).stem}_{tag}{OUTPUT_SUFFIX[fmt or 'GTiff']}"
+    if is_virtual(input_path):
+        return Path.cwd() / name
+    return Path(input_path).with_name(name)
 
 
 def grid_sizes(
@@ -52,9 +56,7 @@ def plan_with_output(
     """``build_plan`` with the output worked out: OUTPUT as given, or INPUT-STEM_TAG beside the
     input; its format from ``--format`` or the extension; GDAL creation options with tiler's
     defaults and the ``--co`` overrides. ``fields``: the rest of the plan."""
-    output = (
-        Path(output_path) if output_path else default_output(Path(input_path), tag, output_format)
-    )
+    output = Path(output_path) if output_path else default_output(input_path, tag, output_format)
     fmt = format_for(output, output_format)
     options = creation_options(info.dtype, fmt, creation_overrides or {})
     check_creation_options(fmt, info.dtype, len(fields["bands"]), options, creation_overrides or {})

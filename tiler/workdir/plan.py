@@ -4,7 +4,6 @@ can be resumed."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tiler.geometry.grid import TileGrid
 from tiler.raster.formats import OutputFormat, output_transform
-from tiler.raster.sources import RasterInfo
+from tiler.raster.sources import RasterInfo, path_identity
 from tiler.raster.values import fill_value
 
 PLAN_VERSION = 1
@@ -40,17 +39,9 @@ class InputSpec(RasterInfo):
 
     @classmethod
     def from_info(cls, info: RasterInfo) -> InputSpec:
-        """The file's identity now; -1 for a file not made yet (a workflow planning ahead)."""
-        try:
-            stat = os.stat(info.path)
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except FileNotFoundError:
-            size = mtime = -1
-        return cls(
-            **(info.model_dump() | dict(path=os.path.abspath(info.path))),
-            size_bytes=size,
-            mtime_ns=mtime,
-        )
+        """The file's identity now (``path_identity``)."""
+        path, size, mtime = path_identity(info.path)
+        return cls(**(info.model_dump() | dict(path=path)), size_bytes=size, mtime_ns=mtime)
 
 
 class GridSpec(_Frozen):
