@@ -35,27 +35,11 @@ from tiler.cli.running import diffusion_options, run_or_print
 def inpaint_command(mask_path, mask_nodata, mask_band, dilate, verbose, **params):
     """Fill the masked area of INPUT into OUTPUT [INPUT-STEM_filled.tif]; every other pixel is
     copied bit for bit. Only tiles near the mask are computed; re-running resumes."""
-    from tiler.errors import BadParameter
-    from tiler.raster.mask import MaskSpec
+    from tiler.raster.mask import choose_mask
     from tiler.tasks.inpaint import plan_inpaint
 
-    given = [
-        name
-        for name, value in (
-            ("--mask", mask_path),
-            ("--mask-nodata", mask_nodata),
-            ("--mask-band", mask_band),
-        )
-        if value
-    ]
-    if len(given) != 1:
-        raise BadParameter(
-            "mask",
-            f"{' and '.join(given) or 'none'} given; expected exactly one of "
-            "--mask FILE, --mask-nodata, --mask-band N",
-        )
-    source = {"--mask": "file", "--mask-nodata": "nodata", "--mask-band": "band"}[given[0]]
-    mask = MaskSpec(source, mask_path, mask_band, dilate)
+    flags = ("--mask", "--mask-nodata", "--mask-band")
+    mask = choose_mask(mask_path, mask_nodata, mask_band, dilate, flags)
     plan = plan_inpaint(
         params["input_path"],
         params["output_path"],

@@ -45,6 +45,25 @@ class MaskSpec:
     dilate: int = 0  # px
 
 
+def choose_mask(
+    path,
+    nodata: bool,
+    band: int | None,
+    dilate: int = 0,
+    names=("mask", "mask_nodata", "mask_band"),
+) -> MaskSpec:
+    """The mask of exactly one source given: a file, the input's nodata, a band of the input.
+    ``names``: how the caller spells the three (the CLI's flags, the API's keywords)."""
+    given = [name for name, value in zip(names, (path, nodata, band)) if value]
+    if len(given) != 1:
+        raise BadParameter(
+            "mask",
+            f"{' and '.join(given) or 'none'} given; expected exactly one of {', '.join(names)}",
+        )
+    source = ("file", "nodata", "band")[names.index(given[0])]
+    return MaskSpec(source, str(path) if path is not None else None, band, dilate)
+
+
 def check_mask(spec: MaskSpec, info: RasterInfo, bands: tuple[int, ...]) -> None:
     """Refuse a mask that cannot be read onto the input's grid, before anything runs."""
     if spec.dilate < 0:
