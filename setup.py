@@ -29,7 +29,14 @@ setup(
         "pyproj>=3.3",  # CF grid-mapping attributes of Zarr outputs
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.6", "hypothesis>=6", "xarray>=2024.1", "rioxarray>=0.15"],
+        "test": [
+            "pytest>=7",
+            "ruff>=0.6",
+            "hypothesis>=6",
+            "xarray>=2024.1",
+            "rioxarray>=0.15",
+            "moto[server]>=5",
+        ],
         "dashboard": ["bokeh>=3.1"],
         "slurm": ["dask-jobqueue>=0.8"],
         "pbs": ["dask-jobqueue>=0.8"],

@@ -103,16 +103,22 @@ PROGRESS_BAR = re.compile(
 )  # tqdm redraws these in place and clears them at the end
 
 
-def run_tiler(*args, preexec_fn=None, cwd=None) -> subprocess.CompletedProcess:
-    """``python -m tiler ARGS`` in a fresh process (in ``cwd``): real exit codes, real stderr.
-    Commands that name no model run the classical bicubic (the default LDM model is not on this
-    machine)."""
+def run_tiler(*args, preexec_fn=None, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """``python -m tiler ARGS`` in a fresh process (in ``cwd``, with ``env`` added to the
+    environment): real exit codes, real stderr. Commands that name no model run the classical
+    bicubic (the default LDM model is not on this machine)."""
     args = [*map(str, args)]
     if args and args[0] in ("upscale", "plan") and "--model" not in args:
         args += ["--model", "bicubic"]
     command = [sys.executable, "-m", "tiler", *args]
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn, cwd=cwd
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=preexec_fn,
+        cwd=cwd,
+        env=os.environ | env if env else None,
     )
 
 

@@ -1,7 +1,7 @@
 """Inputs at any path GDAL opens (tiler/raster/sources.py): a COG served over HTTP by a real server
 on 127.0.0.1 that answers range requests, read window by window through GDAL's /vsicurl/, gives the
-output of the local file; an unreachable URL is a one-line error. (S3 is not tested: no
-S3-compatible server is installed here; ``s3://`` URLs go to GDAL's /vsis3/ the same way.)"""
+output of the local file; so does an ``s3://`` URL on moto's S3-compatible server, with the
+credentials and endpoint in the environment; unreachable ones are one-line errors."""
 
 from __future__ import annotations
 
@@ -116,3 +116,75 @@ def test_an_unreachable_url_is_a_one_line_error(tmp_path, server):
     )
     assert not (tmp_path / "out.tif").exists()
     assert os.listdir(tmp_path) == ["served"]
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3-compatible server on 127.0.0.1 (skipped where moto is not installed), and the
+    environment GDAL reads to reach it: endpoint, path-style addressing, plain HTTP, keys."""
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_S3_ENDPOINT": f"{host}:{port}",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+    }
+    yield f"http://{host}:{port}", env
+    server.stop()
+
+
+def test_an_s3_url_reads_like_the_local_file(tmp_path, s3_server):
+    import boto3
+
+    endpoint, env = s3_server
+    cog = make_cog(tmp_path / "scene.tif", size=256)
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="imagery")
+    client.upload_file(str(cog), "imagery", "tiles/scene.tif")
+    out = tmp_path / "s3.tif"
+    result = run_tiler(
+        "upscale", "s3://imagery/tiles/scene.tif", out, "--model", "bicubic", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "testing" not in result.stderr  # credentials are never shown
+    local = run_tiler("upscale", cog, tmp_path / "local.tif", "--model", "bicubic")
+    assert local.returncode == 0, local.stderr
+    np.testing.assert_array_equal(read_raster(out)[0], read_raster(tmp_path / "local.tif")[0])
+    missing = run_tiler("upscale", "s3://imagery/none.tif", tmp_path / "none.tif", env=env)
+    assert_one_error(missing, 1, "s3://imagery/none.tif", "cannot be opened")
+
+
+def test_a_workflow_takes_urls_as_inputs(tmp_path, server):
+    import yaml
+
+    base, folder, _ = server
+    cog = make_cog(folder / "scene.tif", size=128)
+    workflow = {
+        "inputs": [f"{base}/scene.tif"],
+        "steps": [
+            {"name": "x2", "task": "upscale", "model": "bicubic", "scale": 2,
+             "output": "out/{stem}_x2.tif"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump(workflow))
+    result = run_tiler("run", path)
+    assert result.returncode == 0, result.stderr
+    local = run_tiler("upscale", cog, tmp_path / "local.tif", "--model", "bicubic", "--scale", 2)
+    assert local.returncode == 0, local.stderr
+    np.testing.assert_array_equal(
+        read_raster(tmp_path / "out" / "scene_x2.tif")[0], read_raster(tmp_path / "local.tif")[0]
+    )
+    again = run_tiler("run", path)  # up to date: the plan records the URL as given
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr

@@ -32,6 +32,7 @@ from tiler.execution.safety import file_identity
 from tiler.ldm.options import DiffusionOptions, RuntimeOptions
 from tiler.qa.outputs import load_plan
 from tiler.raster.mask import MaskSpec
+from tiler.raster.sources import is_virtual
 from tiler.tasks import plan_upscale
 from tiler.tasks.classical import plan_export
 from tiler.tasks.inpaint import plan_inpaint
@@ -75,12 +76,33 @@ class FileOutcome:
 
 
 # --- inputs and outputs ---------------------------------------------------------------------------
-def input_files(workflow: Workflow, source: Source) -> list[Path]:
-    """The input files, in order, each once: globs sorted, paths relative to the workflow file. A
-    glob may match nothing (no PNG scans tonight); no input file at all is an error."""
+class RemoteInput(str):
+    """A workflow input GDAL opens remotely (a URL, a /vsi path), named like a file for the
+    templates: ``stem``, ``name`` and ``parent`` (``input_dir``) from its last path segment."""
+
+    @property
+    def name(self) -> str:
+        return self.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    @property
+    def parent(self) -> str:
+        return self.split("?", 1)[0].rstrip("/").rsplit("/", 1)[0]
+
+
+def input_files(workflow: Workflow, source: Source) -> list[Path | RemoteInput]:
+    """The input files, in order, each once: globs sorted, paths relative to the workflow file,
+    URLs and GDAL virtual paths as given. A glob may match nothing (no PNG scans tonight); no input
+    file at all is an error."""
     base = source.path.parent
     files = []
     for pattern in workflow.inputs:
+        if is_virtual(pattern):
+            files.append(RemoteInput(pattern))
+            continue
         path = base / Path(pattern).expanduser()
         files += (
             sorted(map(Path, glob.glob(str(path), recursive=True)))
@@ -96,6 +118,14 @@ def input_files(workflow: Workflow, source: Source) -> list[Path]:
     return list(dict.fromkeys(_absolute(file) for file in files))
 
 
+def _absolute(path):
+    """Absolute, ``..`` folded (``workflows/../samples`` -> ``samples``), as the plans' paths; a
+    remote input as given."""
+    if isinstance(path, RemoteInput):
+        return path
+    return Path(os.path.abspath(path))
+
+
 def _listed_files(path: Path, source: Source) -> list[Path]:
     try:
         lines = path.read_text().splitlines()
@@ -104,7 +134,10 @@ def _listed_files(path: Path, source: Source) -> list[Path]:
             f"{source.where(('inputs-from',))}: cannot read {path}: {exc.strerror or exc}"
         ) from None
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [path.parent / Path(name).expanduser() for name in names]
+    return [
+        RemoteInput(name) if is_virtual(name) else path.parent / Path(name).expanduser()
+        for name in names
+    ]
 
 
 def local_models(workflow: Workflow, base: Path) -> Workflow:
@@ -130,11 +163,6 @@ def fill_template(template: str, input_file: Path, step: str) -> str:
     return template.format(
         stem=input_file.stem, name=input_file.name, input_dir=str(input_file.parent), step=step
     )
-
-
-def _absolute(path: Path) -> Path:
-    """Absolute, ``..`` folded (``workflows/../samples`` -> ``samples``), as the plans' paths."""
-    return Path(os.path.abspath(path))
 
 
 # --- planning -------------------------------------------------------------------------------------
