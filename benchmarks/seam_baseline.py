@@ -46,7 +46,7 @@ class RunResult:
     seconds: float
     index: float  # seam index on tile boundaries (1 = invisible)
     strength: float  # |ln index|
-    report: object  # the full tiler.qa.SeamReport
+    report: object  # the full tiler.quality.SeamReport
 
 
 def _whole_raster_region(input_path) -> int:
@@ -287,7 +287,7 @@ def tiler_fused(
 def tile_seams(output_path):
     """(index, strength) on the tile boundaries of a raster that carries a TILER_PLAN, and the
     report."""
-    from tiler.qa.seams import seam_report
+    from tiler.quality.seams import seam_report
 
     report = seam_report(output_path)
     return report.index["tile"], report.strength["tile"], report

@@ -153,7 +153,7 @@ def baseline(model_dir: Path, device: str, steps: int, tiles: int):
 def tiler_run(model_dir: Path, source: Path, work: Path, args, steps: int, compile: bool):
     from tiler.execution.run import run_plan
     from tiler.ldm.options import DiffusionOptions, RuntimeOptions
-    from tiler.qa.seams import seam_report
+    from tiler.quality.seams import seam_report
     from tiler.tasks import plan_upscale
 
     output = work / f"out_{steps}_{int(compile)}.tif"

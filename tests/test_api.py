@@ -27,6 +27,18 @@ def test_import_tiler_stays_light_and_offers_the_api():
     assert result.stdout.strip() == "[]"
 
 
+def test_no_subpackage_hides_an_api_function():
+    """Importing tiler.X sets the attribute tiler.X to the subpackage: an API name may not be one
+    (``tiler.qa`` would become the module once the seam report was imported)."""
+    from pathlib import Path
+
+    import tiler.quality.seams  # noqa: F401
+
+    package = Path(tiler.__file__).parent
+    assert not [name for name in tiler.API if (package / name).exists()]
+    assert all(callable(getattr(tiler, name)) for name in tiler.API)
+
+
 def test_upscale_returns_the_result_and_equals_the_cli(tmp_path):
     src = make_raster(tmp_path / "in.tif", width=40, height=30)
     result = tiler.upscale(src, tmp_path / "api.tif", model="bicubic", tile=16, progress=False)

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from conftest import make_raster, read_raster, run_tiler
 
-from tiler.qa.outputs import load_plan
+from tiler.quality.outputs import load_plan
 
 
 @pytest.fixture(scope="module")

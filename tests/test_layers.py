@@ -23,7 +23,7 @@ LAYERS = (
     ("ldm",),
     ("tasks",),
     ("execution",),
-    ("qa", "convert", "train"),
+    ("quality", "convert", "train"),
     ("workflow",),
     ("api",),  # the Python API offers every command, the workflow and the report included
     ("cli", "__main__"),

@@ -9,11 +9,11 @@ import pytest
 import rasterio
 from conftest import make_raster, run_tiler, shown_lines
 
-from tiler import qa
+from tiler import quality
 from tiler.execution.export import PLAN_TAG
 from tiler.execution.run import run_plan
-from tiler.qa import heatmap, seams
-from tiler.qa.seams import SeamGeometry, seam_report
+from tiler.quality import heatmap, seams
+from tiler.quality.seams import SeamGeometry, seam_report
 from tiler.tasks import plan_upscale
 from tiler.workdir.plan import plan_from_json
 
@@ -248,7 +248,7 @@ def test_heatmap_is_a_small_rgb_png(smooth_run, tmp_path, monkeypatch):
 
 
 def test_ratio_colour_ramp():
-    colours = qa.ratio_colours([0.25, 0.5, 1.0, math.sqrt(2), 2.0, 8.0, math.nan])
+    colours = quality.ratio_colours([0.25, 0.5, 1.0, math.sqrt(2), 2.0, 8.0, math.nan])
     expected = [
         (0, 0, 255),
         (0, 0, 255),
@@ -296,7 +296,9 @@ def test_cli_prints_json_and_writes_the_heatmap(smooth_run, tmp_path):
         "size",
         "remedies",
     } <= set(data)
-    assert set(data["index"]) == set(data["strength"]) == set(data["boundaries"]) == set(qa.KINDS)
+    assert (
+        set(data["index"]) == set(data["strength"]) == set(data["boundaries"]) == set(quality.KINDS)
+    )
     assert {"x0", "y0", "ratio", "position", "orientation", "kinds"} <= set(
         data["worst_segments"][0]
     )
@@ -328,7 +330,7 @@ def test_cli_refuses_a_raster_not_written_by_tiler_unless_described(tmp_path):
 
 def test_library_error_for_missing_plan_names_the_file(tmp_path):
     src = make_raster(tmp_path / "plain.tif")
-    with pytest.raises(qa.NotATilerOutput, match="plain.tif: no TILER_PLAN metadata"):
+    with pytest.raises(quality.NotATilerOutput, match="plain.tif: no TILER_PLAN metadata"):
         seam_report(src)
     report = seam_report(src, plan=SeamGeometry(tile=8, overlap=0, scale=1, region=16))
     assert report.boundaries["region"] == 2 + 1  # x = 16, 32; y = 16

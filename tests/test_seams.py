@@ -3,7 +3,7 @@
 The baseline (``benchmarks/seam_baseline.py``) denoises every tile alone with its own scheduler,
 decodes it alone and feathers the decoded pixels; tiler fuses the tiles' noise predictions on one
 canvas, steps once and decodes the blended latent. Same tiny model, input, seed, tile and overlap;
-the seam strength |ln seam index| on the tile boundaries (``tiler.qa``) is compared.
+the seam strength |ln seam index| on the tile boundaries (``tiler.quality``) is compared.
 
 What the margin measures, with a tiny random model (see the benchmark's third row): the baseline's
 seams come mostly from decoding each tile alone (the decoder's edge effects at every tile edge), not
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import make_raster
 
-from tiler.qa.seams import seam_report
+from tiler.quality.seams import seam_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from seam_baseline import (  # noqa: E402

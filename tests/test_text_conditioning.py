@@ -188,7 +188,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_a_tiled_run_against_one_tile(tmp_path, upscaler):
     """Tiles of 16 with regions of 24 against one tile over the whole 40 x 36 px: the fused
     sampler keeps them close and the tile boundaries invisible (figures printed, as for LDM-SR)."""
-    from tiler.qa.seams import seam_report
+    from tiler.quality.seams import seam_report
 
     src = make_raster(tmp_path / "in.tif", width=36, height=40)
     tiled, plan = upscale(src, tmp_path / "tiled.tif", upscaler, prompt=PROMPT)

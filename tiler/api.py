@@ -203,11 +203,11 @@ def qa(output, *, heatmap=None, overwrite: bool = False):
 
     Returns
     -------
-    tiler.qa.seams.SeamReport
+    tiler.quality.seams.SeamReport
         ``.index``, ``.strength``, ``.remedies()``, ``.to_dict()``.
     """
     from tiler.errors import OutputError
-    from tiler.qa.seams import seam_report
+    from tiler.quality.seams import seam_report
 
     if heatmap is not None and Path(heatmap).exists() and not overwrite:
         raise OutputError(f"{heatmap}: already exists; pass overwrite=True to replace it")
@@ -299,7 +299,7 @@ def _run(planned: Plan, keys: dict) -> Result:
     )
     seams = None
     if keys.get("qa"):
-        from tiler.qa.seams import seam_report
+        from tiler.quality.seams import seam_report
 
         seams = seam_report(report.output, planned).index
     return Result(

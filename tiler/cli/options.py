@@ -135,14 +135,14 @@ def text_options(prefix: str, guidance: str) -> list:
     """Prompts and classifier-free guidance of text-conditioned models (Stable Diffusion
     pipelines); other models refuse them."""
     return [
-        click.option("--prompt", help=f"{prefix}What the output should show [empty]."),
+        click.option("--prompt", help=f"{prefix}what the output should show [empty]."),
         click.option(
-            "--negative-prompt", help=f"{prefix}What it should not show (with guidance) [empty]."
+            "--negative-prompt", help=f"{prefix}what it should not show (with guidance) [empty]."
         ),
         click.option(
             "--guidance-scale",
             type=float,
-            help=f"{prefix}Classifier-free guidance scale; 1 turns guidance off and halves the "
+            help=f"{prefix}classifier-free guidance scale; 1 turns guidance off and halves the "
             f"UNet work [{guidance}].",
         ),
     ]

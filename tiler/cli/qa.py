@@ -98,7 +98,7 @@ def qa_command(
     Zarr)."""
     from tiler.errors import BadParameter, OutputError
     from tiler.execution.safety import same_file
-    from tiler.qa.seams import SeamGeometry, seam_report
+    from tiler.quality.seams import SeamGeometry, seam_report
     from tiler.raster.formats import check_output_folder
 
     geometry = None

@@ -30,7 +30,7 @@ from tiler.execution.export import written_by_tiler
 from tiler.execution.run import run_plan
 from tiler.execution.safety import file_identity
 from tiler.ldm.options import DiffusionOptions, RuntimeOptions
-from tiler.qa.outputs import load_plan
+from tiler.quality.outputs import load_plan
 from tiler.raster.mask import MaskSpec
 from tiler.raster.sources import is_virtual
 from tiler.tasks import plan_upscale

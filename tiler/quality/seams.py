@@ -45,8 +45,8 @@ import numpy as np
 
 from tiler.errors import InputError
 from tiler.geometry.grid import TileGrid
-from tiler.qa.heatmap import write_heatmap
-from tiler.qa.outputs import open_output, plan_of
+from tiler.quality.heatmap import write_heatmap
+from tiler.quality.outputs import open_output, plan_of
 
 if TYPE_CHECKING:
     from tiler.workdir.plan import Plan
