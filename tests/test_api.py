@@ -60,6 +60,8 @@ def test_plan_export_and_qa(tmp_path):
     assert not (tmp_path / "in_x2.tif").exists()
     copied = tiler.export(src, tmp_path / "copy.zarr", bidx=[2, 1], progress=False)
     assert copied.plan.bands == (2, 1)
+    cog = tiler.export(src, tmp_path / "c.tif", format="COG", co=["COMPRESS=ZSTD"], progress=False)
+    assert cog.plan.output.creation_options["COMPRESS"] == "ZSTD"
     up = tiler.upscale(src, tmp_path / "up.tif", model="bicubic", region=16, progress=False)
     report = tiler.qa(up.output)
     assert set(report.index) >= {"tile", "region", "all"}

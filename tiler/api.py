@@ -172,9 +172,9 @@ def export(input, output=None, *, bidx=None, format=None, co=None, **options):
         return plan_export(
             input_path,
             output_path,
-            bands=_cli_value(bidx),
+            bands=_cli_value("bands", bidx),
             output_format=format,
-            creation_overrides=co or {},
+            creation_overrides=_cli_value("creation_options", co) or {},
         )
 
     return _task(make, input, output, options)
@@ -250,7 +250,8 @@ def _task(make, input, output, options: dict):
     """Plan with ``make(input, output, keys)``, then run (or return the plan: ``_plan_only``);
     a DataArray input goes through a temporary GeoTIFF and comes back as a DataArray."""
     plan_only = options.pop("_plan_only", False)
-    keys = {_RENAMED.get(name, name): _cli_value(value) for name, value in options.items()}
+    keys = {_RENAMED.get(name, name): value for name, value in options.items()}
+    keys = {name: _cli_value(name, value) for name, value in keys.items()}
     _check_names(keys)
     if _is_dataarray(input):
         return _through_files(make, input, output, keys, plan_only)
@@ -258,8 +259,12 @@ def _task(make, input, output, options: dict):
     return planned if plan_only else _run(planned, keys)
 
 
-def _cli_value(value):
-    """Lists as the CLI spells them: ``bidx=[3, 2, 1]`` is "3,2,1", ``range=(0, 3000)`` "0,3000"."""
+def _cli_value(name: str, value):
+    """Lists as the CLI spells them: ``bidx=[3, 2, 1]`` is "3,2,1", ``range=(0, 3000)`` "0,3000";
+    ``co`` a mapping or the CLI's list of NAME=VALUE."""
+    if name == "creation_options" and isinstance(value, (list, tuple)):
+        pairs = [str(item).partition("=") for item in value]
+        return {key.strip().upper(): option.strip() for key, _, option in pairs}
     if isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value)
     return value
