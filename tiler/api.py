@@ -29,8 +29,12 @@ from tiler.ldm.options import DiffusionOptions, RuntimeOptions
 from tiler.workdir.plan import Plan
 
 # the API's names of options whose CLI destination differs (--bidx, --format, --co, --range)
-_RENAMED = {"bidx": "bands", "format": "output_format", "co": "creation_options",
-            "range": "value_range"}  # fmt: skip
+_RENAMED = {
+    "bidx": "bands",
+    "format": "output_format",
+    "co": "creation_options",
+    "range": "value_range",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,9 @@ class Result:
     seam_index: dict[str, float] | None = None
 
 
-def upscale(input, output=None, *, model: str = DEFAULT_SR_MODEL, scale: int | None = None,
-            **options):  # fmt: skip
+def upscale(
+    input, output=None, *, model: str = DEFAULT_SR_MODEL, scale: int | None = None, **options
+):
     """Upscale a raster (``tiler upscale``).
 
     Parameters
@@ -95,8 +100,17 @@ def upscale(input, output=None, *, model: str = DEFAULT_SR_MODEL, scale: int | N
     return _task(make, input, output, options)
 
 
-def inpaint(input, output=None, *, model: str, mask=None, mask_nodata: bool = False,
-            mask_band: int | None = None, dilate: int = 0, **options):  # fmt: skip
+def inpaint(
+    input,
+    output=None,
+    *,
+    model: str,
+    mask=None,
+    mask_nodata: bool = False,
+    mask_band: int | None = None,
+    dilate: int = 0,
+    **options,
+):
     """Fill the masked area of a raster (``tiler inpaint``); every other px is kept bit for bit.
 
     Parameters
@@ -214,8 +228,15 @@ def qa(output, *, heatmap=None, overwrite: bool = False):
     return seam_report(output, heatmap_path=heatmap)
 
 
-def run_workflow(path, *, dry_run: bool = False, overrides=(), overwrite: bool = False,
-                 fail_fast: bool = False, progress: bool = True):  # fmt: skip
+def run_workflow(
+    path,
+    *,
+    dry_run: bool = False,
+    overrides=(),
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    progress: bool = True,
+):
     """Run a YAML workflow (``tiler run``) over its input files.
 
     Returns
@@ -242,8 +263,20 @@ def _plan_keys(keys: Mapping[str, Any]) -> dict:
     return planned
 
 
-_RUN_KEYS = {"workdir", "keep_workdir", "overwrite", "cluster", "scheduler", "workers", "retries",
-             "batch_size", "compile", "threads", "progress", "qa"}  # fmt: skip
+_RUN_KEYS = {
+    "workdir",
+    "keep_workdir",
+    "overwrite",
+    "cluster",
+    "scheduler",
+    "workers",
+    "retries",
+    "batch_size",
+    "compile",
+    "threads",
+    "progress",
+    "qa",
+}
 
 
 def _task(make, input, output, options: dict):
@@ -283,10 +316,31 @@ def _check_names(keys: dict):
 
 
 # the keys a task function passes on to planning (the CLI's destinations)
-_CLI_KEYS = {"bands", "output_format", "creation_options", "value_range", "tile", "overlap",
-             "region", "halo", "steps", "eta", "seed", "sampler", "device", "dtype",
-             "decode_tile", "decode_halo", "decode_norm", "back_project", "allow_pickle", "prompt",
-             "negative_prompt", "guidance_scale", "noise_level"}  # fmt: skip
+_CLI_KEYS = {
+    "bands",
+    "output_format",
+    "creation_options",
+    "value_range",
+    "tile",
+    "overlap",
+    "region",
+    "halo",
+    "steps",
+    "eta",
+    "seed",
+    "sampler",
+    "device",
+    "dtype",
+    "decode_tile",
+    "decode_halo",
+    "decode_norm",
+    "back_project",
+    "allow_pickle",
+    "prompt",
+    "negative_prompt",
+    "guidance_scale",
+    "noise_level",
+}
 
 
 def _run(planned: Plan, keys: dict) -> Result:
