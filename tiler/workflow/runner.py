@@ -31,7 +31,7 @@ from tiler.execution.run import run_plan
 from tiler.execution.safety import file_identity
 from tiler.ldm.options import DiffusionOptions, RuntimeOptions
 from tiler.quality.outputs import load_plan
-from tiler.raster.mask import MaskSpec
+from tiler.raster.mask import choose_mask
 from tiler.raster.sources import is_virtual
 from tiler.tasks import plan_upscale
 from tiler.tasks.classical import plan_export
@@ -202,44 +202,7 @@ def plan_step(step, input_file: Path, output: Path, info=None, files: dict | Non
         if getattr(step, key, None) is not None
     }
     diffusion = DiffusionOptions.from_keys(dict(step) | {"value_range": value_range} | prompts)
-    if step.task == "inpaint":
-        source = "file" if step.mask else ("nodata" if step.mask_nodata else "band")
-        mask = files.get("mask")
-        spec = MaskSpec(source, str(mask) if mask else None, step.mask_band, step.dilate)
-        return plan_inpaint(
-            input_file,
-            output,
-            model=step.model,
-            mask=spec,
-            bands=step.bidx,
-            output_format=step.format,
-            creation_overrides=step.co,
-            tile=step.tile,
-            overlap=step.overlap,
-            region=step.region,
-            halo=step.halo,
-            diffusion=diffusion,
-        )
-    if step.task == "synthesize":
-        return plan_synthesize(
-            input_file,
-            output,
-            model=step.model,
-            classes_file=files.get("classes"),
-            bands=step.bidx,
-            output_format=step.format,
-            creation_overrides=step.co,
-            tile=step.tile,
-            overlap=step.overlap,
-            region=step.region,
-            halo=step.halo,
-            diffusion=diffusion,
-        )
-    return plan_upscale(
-        input_file,
-        output,
-        model=step.model,
-        scale=step.scale,
+    common = dict(  # the keys every LDM and upscale step shares, as the CLI passes them
         bands=step.bidx,
         output_format=step.format,
         creation_overrides=step.co,
@@ -247,9 +210,15 @@ def plan_step(step, input_file: Path, output: Path, info=None, files: dict | Non
         overlap=step.overlap,
         region=step.region,
         halo=step.halo,
-        info=info,
         diffusion=diffusion,
     )
+    if step.task == "inpaint":
+        mask = choose_mask(files.get("mask"), step.mask_nodata, step.mask_band, step.dilate)
+        return plan_inpaint(input_file, output, model=step.model, mask=mask, **common)
+    if step.task == "synthesize":
+        classes = files.get("classes")
+        return plan_synthesize(input_file, output, model=step.model, classes_file=classes, **common)
+    return plan_upscale(input_file, output, model=step.model, scale=step.scale, info=info, **common)
 
 
 def product_identity(plan: Plan) -> str:
