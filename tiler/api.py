@@ -15,6 +15,7 @@ accessor: CRS, transform, nodata) and return one, working through a temporary fo
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -263,6 +264,7 @@ def _plan_keys(keys: Mapping[str, Any]) -> dict:
     return planned
 
 
+# where a run happens and how it shows (RuntimeOptions' fields: how the model runs)
 _RUN_KEYS = {
     "workdir",
     "keep_workdir",
@@ -271,12 +273,9 @@ _RUN_KEYS = {
     "scheduler",
     "workers",
     "retries",
-    "batch_size",
-    "compile",
-    "threads",
     "progress",
     "qa",
-}
+} | {option.name for option in dataclasses.fields(RuntimeOptions)}
 
 
 def _task(make, input, output, options: dict):
@@ -315,32 +314,16 @@ def _check_names(keys: dict):
         )
 
 
-# the keys a task function passes on to planning (the CLI's destinations)
+# the keys a task function passes on to planning: the grid, the output, DiffusionOptions' fields
 _CLI_KEYS = {
     "bands",
     "output_format",
     "creation_options",
-    "value_range",
     "tile",
     "overlap",
     "region",
     "halo",
-    "steps",
-    "eta",
-    "seed",
-    "sampler",
-    "device",
-    "dtype",
-    "decode_tile",
-    "decode_halo",
-    "decode_norm",
-    "back_project",
-    "allow_pickle",
-    "prompt",
-    "negative_prompt",
-    "guidance_scale",
-    "noise_level",
-}
+} | {option.name for option in dataclasses.fields(DiffusionOptions)}
 
 
 def _run(planned: Plan, keys: dict) -> Result:
