@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -158,11 +157,15 @@ class TileGrid:
     def stride(self) -> int:
         return self.tile - self.overlap
 
-    @cached_property
+    # Plain properties, not functools.cached_property: caching writes the instance's __dict__ from
+    # the worker threads that share the grid, and on CPython 3.11 a process that did so crashed
+    # now and then in the garbage collector at exit (SIGSEGV on this dict's freed values, ~1 run
+    # in 20). An AxisTiling costs a microsecond to build.
+    @property
     def rows(self) -> AxisTiling:
         return AxisTiling(self.height, self.tile, self.stride, self.region, self.halo)
 
-    @cached_property
+    @property
     def cols(self) -> AxisTiling:
         return AxisTiling(self.width, self.tile, self.stride, self.region, self.halo)
 
