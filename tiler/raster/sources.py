@@ -58,20 +58,27 @@ URL_SCHEMES = {
 }
 
 
+def _url_parts(text: str) -> tuple[str, str] | None:
+    """(GDAL's virtual file system prefix, the rest after ``scheme://``) for a URL tiler reads;
+    None for anything else."""
+    scheme, separator, rest = text.partition("://")
+    prefix = URL_SCHEMES.get(scheme.lower()) if separator else None
+    return (prefix, rest) if prefix else None
+
+
 def is_virtual(path) -> bool:
     """A URL or a GDAL virtual file system path: opened by GDAL, not found on the local disk."""
     text = str(path)
-    scheme, separator, _ = text.partition("://")
-    return text.startswith("/vsi") or bool(separator and scheme.lower() in URL_SCHEMES)
+    return text.startswith("/vsi") or _url_parts(text) is not None
 
 
 def gdal_path(path) -> str:
     """What GDAL opens for the path a user gave: a URL as its virtual file system path, a Zarr
     store tiler wrote as its ``data`` array; any other path as given."""
     text = str(path)
-    scheme, separator, rest = text.partition("://")
-    if separator and scheme.lower() in URL_SCHEMES:
-        prefix = URL_SCHEMES[scheme.lower()]
+    url = _url_parts(text)
+    if url is not None:
+        prefix, rest = url
         return prefix + (text if prefix == "/vsicurl/" else rest)
     if os.path.isdir(text) and os.path.isdir(os.path.join(text, "data")):
         return f'ZARR:"{text}":/data'
@@ -213,7 +220,6 @@ class SourceReader:
     reader."""
 
     def __init__(self, info: RasterInfo, bands: tuple[int, ...]):
-
         self.info = info
         self.bands = list(bands)
         self._handles = PerThreadHandles(lambda: open_raster(self.info.path))
