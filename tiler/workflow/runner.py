@@ -82,7 +82,7 @@ class RemoteInput(str):
 
     @property
     def name(self) -> str:
-        return self.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return self._segments()[-1]
 
     @property
     def stem(self) -> str:
@@ -90,7 +90,11 @@ class RemoteInput(str):
 
     @property
     def parent(self) -> str:
-        return self.split("?", 1)[0].rstrip("/").rsplit("/", 1)[0]
+        return self._segments()[0]
+
+    def _segments(self) -> list[str]:
+        """(the address up to its last segment, the last segment), the query left out."""
+        return self.split("?", 1)[0].rstrip("/").rsplit("/", 1)
 
 
 def input_files(workflow: Workflow, source: Source) -> list[Path | RemoteInput]:
